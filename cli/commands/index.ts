@@ -1,0 +1,5 @@
+import type { Command } from '../main.js';
+
+// One line per command; each lives in its own file in this folder.
+export const commands: Command[] = [
+];

@@ -1,0 +1,51 @@
+import { open, stat } from 'node:fs/promises';
+import { ShardserveError } from '../errors.js';
+
+/**
+ * A readable object with random access: a local file, an S3 object, an HTTP resource, or a
+ * decrypted view of one. Readers of checkpoint formats take a ByteSource, never a path, so every
+ * format works over every storage backend.
+ */
+export interface ByteSource {
+  /** Where the bytes come from, as the user wrote it (path or URI); used in error messages. */
+  readonly uri: string;
+  /** Total size in bytes. */
+  readonly size: number;
+  /** Exactly `length` bytes starting at `offset`; a short read is an error, never a short buffer. */
+  read(offset: number, length: number): Promise<Uint8Array>;
+  /** Bytes transferred from the backend so far (for readBytes / sliceBytes reporting). */
+  readonly bytesRead: number;
+  close(): Promise<void>;
+}
+
+/** A local file as a ByteSource. */
+export async function openLocalSource(path: string): Promise<ByteSource> {
+  let size: number;
+  try {
+    size = (await stat(path)).size;
+  } catch (e) {
+    throw new ShardserveError('NotFound', `${path}: no such file`, { file: path, cause: e });
+  }
+  const handle = await open(path, 'r');
+  let bytesRead = 0;
+  return {
+    uri: path,
+    size,
+    get bytesRead() { return bytesRead; },
+    async read(offset: number, length: number): Promise<Uint8Array> {
+      if (offset < 0 || length < 0 || offset + length > size) {
+        throw new ShardserveError('OutOfRange', `${path}: read of ${length} bytes at ${offset} is past the end (size ${size})`, { file: path });
+      }
+      const buf = Buffer.allocUnsafe(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead: n } = await handle.read(buf, done, length - done, offset + done);
+        if (n === 0) throw new ShardserveError('ShortRead', `${path}: file ended after ${offset + done} bytes, expected ${offset + length}`, { file: path });
+        done += n;
+      }
+      bytesRead += length;
+      return buf;
+    },
+    close: () => handle.close(),
+  };
+}

