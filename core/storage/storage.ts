@@ -1,0 +1,107 @@
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ShardserveError } from '../errors.js';
+import { openLocalSource, type ByteSource } from './source.js';
+
+/** One object (file) under a storage root. */
+export interface ObjectInfo {
+  /** Path relative to the root, '/'-separated (e.g. `rank_3/net-1_10.ckpt`). */
+  key: string;
+  size: number;
+  /** ETag or another change detector when the backend has one. */
+  etag?: string;
+}
+
+/**
+ * A root location (local directory, s3://bucket/prefix, http(s)://host/path) holding objects.
+ * Checkpoint discovery, strategy directories and the model file all go through this.
+ */
+export interface Storage {
+  /** The root as the user wrote it. */
+  readonly uri: string;
+  /** Every object below the root, recursively, sorted by key. */
+  list(): Promise<ObjectInfo[]>;
+  stat(key: string): Promise<ObjectInfo>;
+  open(key: string): Promise<ByteSource>;
+  readAll(key: string): Promise<Uint8Array>;
+  /** Full URI of a key, for messages. */
+  uriOf(key: string): string;
+}
+
+export type StorageFactory = (uri: string) => Promise<Storage>;
+
+const factories = new Map<string, StorageFactory>();
+
+/** Backends for other schemes (s3:, http:, https:) register themselves here. */
+export function registerStorage(scheme: string, factory: StorageFactory): void {
+  factories.set(scheme, factory);
+}
+
+/** Open a root location: a local path, file://, or any registered scheme. */
+export async function openStorage(uri: string): Promise<Storage> {
+  const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(uri);
+  if (!m || m[1].toLowerCase() === 'file') return localStorage(m ? fileURLToPath(uri) : uri, uri);
+  const factory = factories.get(m[1].toLowerCase());
+  if (!factory) throw new ShardserveError('UnsupportedScheme', `${uri}: unsupported URI scheme '${m[1]}:' (expected a local path, file://, s3:// or http(s)://)`, { file: uri });
+  return factory(uri);
+}
+
+/** Split a URI of one object into its parent root and key, and open the parent. */
+export async function openParent(uri: string): Promise<{ storage: Storage; key: string }> {
+  const trimmed = uri.replace(/\/+$/, '');
+  const i = trimmed.lastIndexOf('/');
+  const isUrl = /^[a-z][a-z0-9+.-]*:\/\//i.test(trimmed);
+  if (i < 0 || (isUrl && trimmed.slice(0, i).endsWith(':/'))) {
+    return { storage: await openStorage(isUrl ? trimmed : '.'), key: isUrl ? '' : trimmed };
+  }
+  return { storage: await openStorage(trimmed.slice(0, i) || '/'), key: trimmed.slice(i + 1) };
+}
+
+function localStorage(root: string, uri: string): Storage {
+  const base = resolve(root);
+  const pathOf = (key: string) => {
+    const p = resolve(base, key);
+    if (p !== base && !p.startsWith(base + sep)) throw new ShardserveError('BadKey', `${uri}: key '${key}' escapes the root`, { file: uri });
+    return p;
+  };
+  const notFound = (key: string, e: unknown) => new ShardserveError('NotFound', `${join(root, key)}: no such file or directory`, { file: join(root, key), cause: e });
+  return {
+    uri,
+    uriOf: (key) => (key ? join(root, key) : root),
+    async list() {
+      const out: ObjectInfo[] = [];
+      const walk = async (dir: string, prefix: string) => {
+        let entries;
+        try {
+          entries = await readdir(dir, { withFileTypes: true });
+        } catch (e) {
+          throw notFound(prefix, e);
+        }
+        for (const ent of entries) {
+          const key = prefix ? `${prefix}/${ent.name}` : ent.name;
+          if (ent.isDirectory()) await walk(join(dir, ent.name), key);
+          else if (ent.isFile()) out.push({ key, size: (await stat(join(dir, ent.name))).size });
+        }
+      };
+      await walk(base, '');
+      return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    },
+    async stat(key) {
+      try {
+        const s = await stat(pathOf(key));
+        return { key, size: s.size, etag: `${s.size}-${s.mtimeMs}` };
+      } catch (e) {
+        throw notFound(key, e);
+      }
+    },
+    open: (key) => openLocalSource(pathOf(key)),
+    async readAll(key) {
+      try {
+        return await readFile(pathOf(key));
+      } catch (e) {
+        throw notFound(key, e);
+      }
+    },
+  };
+}
