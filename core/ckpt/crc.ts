@@ -1,0 +1,39 @@
+import { crc32 } from 'node:zlib';
+import type { ByteSource } from '../storage/source.js';
+
+/** The `.ckpt` CRC trailer: b"crc_num" + the CRC-32 as a 10-byte big-endian integer (§1.6). */
+export const CRC_TRAILER_MAGIC = new TextEncoder().encode('crc_num');
+export const CRC_TRAILER_LENGTH = 17;
+
+const STREAM_CHUNK = 4 << 20;
+
+/** CRC-32 (zlib) of [offset, offset+length) of a source, read in bounded chunks. */
+export async function crc32OfRange(source: ByteSource, offset: number, length: number, initial = 0): Promise<number> {
+  let crc = initial;
+  for (let done = 0; done < length; ) {
+    const n = Math.min(STREAM_CHUNK, length - done);
+    crc = crc32(await source.read(offset + done, n), crc);
+    done += n;
+  }
+  return crc;
+}
+
+/** The trailer's CRC if `tail` (the last 17 bytes of a file) is one, else undefined. */
+export function parseCrcTrailer(tail: Uint8Array): bigint | undefined {
+  if (tail.length !== CRC_TRAILER_LENGTH) return undefined;
+  for (let i = 0; i < CRC_TRAILER_MAGIC.length; i++) if (tail[i] !== CRC_TRAILER_MAGIC[i]) return undefined;
+  let v = 0n;
+  for (let i = CRC_TRAILER_MAGIC.length; i < CRC_TRAILER_LENGTH; i++) v = (v << 8n) | BigInt(tail[i]);
+  return v;
+}
+
+export function encodeCrcTrailer(crc: number): Uint8Array {
+  const out = new Uint8Array(CRC_TRAILER_LENGTH);
+  out.set(CRC_TRAILER_MAGIC, 0);
+  let v = BigInt(crc >>> 0);
+  for (let i = CRC_TRAILER_LENGTH - 1; i >= CRC_TRAILER_MAGIC.length; i--) {
+    out[i] = Number(v & 0xffn);
+    v >>= 8n;
+  }
+  return out;
+}

@@ -1,0 +1,330 @@
+import { DTYPE_BYTES, type DType } from '../dtype.js';
+import { ShardserveError } from '../errors.js';
+import type { ByteRange, CheckpointIndex, DecryptionOptions, StringEntry, TensorEntry } from '../checkpoint/types.js';
+import type { ByteSource } from '../storage/source.js';
+import { ckptTypeToDType } from './dtype.js';
+import { CRC_TRAILER_LENGTH, crc32OfRange, parseCrcTrailer } from './crc.js';
+import { cipherModeOfMagic, decryptCheckpoint } from './decrypt.js';
+import {
+  WIRE_FIXED32, WIRE_FIXED64, WIRE_LEN, WIRE_VARINT, WireError, asInt64, decodeUtf8, readKey, readLength, readVarint,
+} from './wire.js';
+
+export interface IndexCkptOptions {
+  decryption?: DecryptionOptions;
+  verifyCrc?: boolean;
+}
+
+/** Bytes fetched per record header; a MindSpore header (tag, dims, type) is ~100 bytes. */
+const HEADER_WINDOW = 4096;
+/** Sanity bounds on header fields, so a lying length cannot make us fetch or allocate much. */
+const MAX_TAG_BYTES = 64 * 1024;
+const MAX_TYPE_BYTES = 256;
+const MAX_PACKED_DIMS_BYTES = 1024;
+const MAX_DIMS = 64;
+
+/**
+ * Index a MindSpore `.ckpt` (reference §1): walk the top-level `Checkpoint.value` records, reading
+ * only their headers, and record where each parameter's `tensor_content` lies. Adjacent records with
+ * one tag are the pieces of one tensor (MindSpore splits every 512 MiB); a tag that reappears later
+ * is rejected. An encrypted file is decrypted first and `index.source` is the decrypted view.
+ */
+export async function indexCkpt(source: ByteSource, opts: IndexCkptOptions = {}): Promise<CheckpointIndex> {
+  const uri = source.uri;
+  const notes: string[] = [];
+  if (source.size === 0) throw new ShardserveError('EmptyFile', `${uri}: checkpoint file is empty`, { file: uri });
+
+  let end = source.size;
+  let trailerCrc: bigint | undefined;
+  if (end >= CRC_TRAILER_LENGTH) {
+    trailerCrc = parseCrcTrailer(await source.read(end - CRC_TRAILER_LENGTH, CRC_TRAILER_LENGTH));
+    if (trailerCrc !== undefined) end -= CRC_TRAILER_LENGTH;
+  }
+
+  let walkSource = source;
+  let walkEnd = end;
+  let encryption: CheckpointIndex['encryption'] = 'none';
+  let crc: CheckpointIndex['crc'] = trailerCrc === undefined ? 'absent' : 'not-checked';
+  const head = end >= 4 ? await source.read(0, 4) : undefined;
+  const fileMode = head ? cipherModeOfMagic(new DataView(head.buffer, head.byteOffset, 4).getUint32(0, true)) : undefined;
+  if (fileMode) {
+    const dec = await decryptCheckpoint(source, end, opts.decryption, fileMode);
+    walkSource = dec.view;
+    walkEnd = dec.view.size;
+    encryption = fileMode;
+    if (trailerCrc !== undefined) notes.push('crc_num trailer of an encrypted checkpoint is not checked (MindSpore does not accumulate a CRC when encrypting)');
+  } else {
+    if (opts.decryption?.key?.length) notes.push('a decryption key was given but the checkpoint is not encrypted');
+    if (opts.verifyCrc && trailerCrc !== undefined) {
+      const actual = await crc32OfRange(source, 0, end);
+      if (BigInt(actual) !== trailerCrc) {
+        throw new ShardserveError('CrcMismatch', `${uri}: CRC check failed: trailer says ${trailerCrc}, the data has ${actual}`, { file: uri });
+      }
+      crc = 'verified';
+    }
+  }
+  if (walkEnd === 0) throw new ShardserveError('EmptyFile', `${uri}: checkpoint holds no records`, { file: uri });
+
+  const records = new RecordWalker(walkSource, walkEnd);
+  const builder = new EntryBuilder(uri, walkSource, notes);
+  try {
+    for (let pos = 0; pos < walkEnd; ) {
+      const rec = await records.readRecord(pos);
+      await builder.add(rec);
+      pos = rec.end;
+    }
+    await builder.finish();
+  } catch (e) {
+    if (e instanceof WireError) {
+      throw new ShardserveError('CorruptCheckpoint', `${uri}: corrupt checkpoint at offset ${e.offset}: ${e.message}`, { file: uri, cause: e });
+    }
+    throw e;
+  }
+  return {
+    format: 'mindspore-ckpt',
+    source: walkSource,
+    tensors: builder.tensors,
+    strings: builder.strings,
+    notes,
+    crc,
+    encryption,
+    metadata: {},
+  };
+}
+
+/** One `Checkpoint.value` record, header decoded, payload located. */
+interface CkptRecord {
+  offset: number;
+  end: number;
+  tag: string;
+  kind: 'tensor' | 'maptensor';
+  tensorType: string;
+  dims: number[];
+  content: ByteRange;
+}
+
+/** Reads record headers through a small window over the source, never the payloads. */
+class RecordWalker {
+  private buf: Uint8Array = new Uint8Array(0);
+  private base = 0;
+
+  constructor(private readonly source: ByteSource, private readonly end: number) {}
+
+  /** Exactly `n` bytes at `pos`, from the window when it covers them. */
+  private async bytes(pos: number, n: number): Promise<Uint8Array> {
+    if (pos < this.base || pos + n > this.base + this.buf.length) {
+      const len = Math.min(Math.max(n, HEADER_WINDOW), this.end - pos);
+      if (len < n) throw new WireError('record runs past the end of the file', pos);
+      this.buf = await this.source.read(pos, len);
+      this.base = pos;
+    }
+    return this.buf.subarray(pos - this.base, pos - this.base + n);
+  }
+
+  private async varint(pos: number, limit: number): Promise<{ value: bigint; end: number }> {
+    const n = Math.min(10, limit - pos);
+    if (n <= 0) throw new WireError('varint runs past the end of its message', pos);
+    const v = readVarint(await this.bytes(pos, n), 0, n);
+    return { value: v.value, end: pos + v.end };
+  }
+
+  private async key(pos: number, limit: number) {
+    const n = Math.min(5, limit - pos);
+    if (n <= 0) throw new WireError('field key runs past the end of its message', pos);
+    const k = readKey(await this.bytes(pos, n), 0, n);
+    return { field: k.field, wire: k.wire, end: pos + k.end };
+  }
+
+  /** [start, end) of a length-delimited payload whose length varint sits at `pos`. */
+  private async lenBounds(pos: number, limit: number): Promise<{ start: number; end: number }> {
+    const n = Math.min(10, limit - pos);
+    if (n <= 0) throw new WireError('length runs past the end of its message', pos);
+    const l = readLength(await this.bytes(pos, n), 0, n);
+    const start = pos + l.end;
+    if (start + l.value > limit) throw new WireError('length-delimited field runs past the end of its message', pos);
+    return { start, end: start + l.value };
+  }
+
+  private async skip(pos: number, wire: number, limit: number): Promise<number> {
+    let end: number;
+    if (wire === WIRE_VARINT) return (await this.varint(pos, limit)).end;
+    else if (wire === WIRE_FIXED64) end = pos + 8;
+    else if (wire === WIRE_FIXED32) end = pos + 4;
+    else end = (await this.lenBounds(pos, limit)).end;
+    if (end > limit) throw new WireError('field runs past the end of its message', pos);
+    return end;
+  }
+
+  private async string(b: { start: number; end: number }, max: number, what: string): Promise<string> {
+    if (b.end - b.start > max) throw new WireError(`${what} is ${b.end - b.start} bytes (at most ${max} expected)`, b.start);
+    return decodeUtf8(await this.bytes(b.start, b.end - b.start), b.start);
+  }
+
+  async readRecord(offset: number): Promise<CkptRecord> {
+    const k = await this.key(offset, this.end);
+    if (k.field !== 1 || k.wire !== WIRE_LEN) {
+      throw new WireError(`expected a Checkpoint.value record (field 1, length-delimited), found field ${k.field} wire type ${k.wire}`, offset);
+    }
+    const value = await this.lenBounds(k.end, this.end);
+    let tag: string | undefined;
+    let tensor: { start: number; end: number } | undefined;
+    let kind: CkptRecord['kind'] = 'tensor';
+    for (let p = value.start; p < value.end; ) {
+      const f = await this.key(p, value.end);
+      if (f.wire === WIRE_LEN && (f.field === 1 || f.field === 2 || f.field === 3)) {
+        const b = await this.lenBounds(f.end, value.end);
+        if (f.field === 1) tag = await this.string(b, MAX_TAG_BYTES, 'parameter name');
+        else {
+          tensor = b;
+          kind = f.field === 2 ? 'tensor' : 'maptensor';
+        }
+        p = b.end;
+      } else {
+        p = await this.skip(f.end, f.wire, value.end);
+      }
+    }
+    if (tag === undefined) throw new WireError('record has no parameter name (Value.tag)', offset);
+    if (!tensor) throw new WireError(`record of '${tag}' has no tensor`, offset);
+    const rec: CkptRecord = { offset, end: value.end, tag, kind, tensorType: '', dims: [], content: { offset: 0, length: 0 } };
+    if (kind === 'maptensor') return rec;
+
+    let type: string | undefined;
+    let content: ByteRange | undefined;
+    for (let p = tensor.start; p < tensor.end; ) {
+      const f = await this.key(p, tensor.end);
+      if (f.field === 1 && f.wire === WIRE_VARINT) {
+        const v = await this.varint(f.end, tensor.end);
+        this.pushDim(rec, v.value, f.end);
+        p = v.end;
+      } else if (f.field === 1 && f.wire === WIRE_LEN) {
+        const b = await this.lenBounds(f.end, tensor.end);
+        if (b.end - b.start > MAX_PACKED_DIMS_BYTES) throw new WireError(`packed dims of '${tag}' are ${b.end - b.start} bytes long`, f.end);
+        for (let q = b.start; q < b.end; ) {
+          const v = await this.varint(q, b.end);
+          this.pushDim(rec, v.value, q);
+          q = v.end;
+        }
+        p = b.end;
+      } else if (f.field === 2 && f.wire === WIRE_LEN) {
+        const b = await this.lenBounds(f.end, tensor.end);
+        type = await this.string(b, MAX_TYPE_BYTES, `tensor_type of '${tag}'`);
+        p = b.end;
+      } else if (f.field === 3 && f.wire === WIRE_LEN) {
+        const b = await this.lenBounds(f.end, tensor.end);
+        content = { offset: b.start, length: b.end - b.start };
+        p = b.end;
+      } else {
+        p = await this.skip(f.end, f.wire, tensor.end);
+      }
+    }
+    if (type === undefined) throw new WireError(`tensor of '${tag}' has no tensor_type`, tensor.start);
+    if (!content) throw new WireError(`tensor of '${tag}' has no tensor_content`, tensor.start);
+    rec.tensorType = type;
+    rec.content = content;
+    return rec;
+  }
+
+  private pushDim(rec: CkptRecord, v: bigint, pos: number): void {
+    const d = asInt64(v, pos);
+    if (d < 0) throw new WireError(`dimension ${d} of '${rec.tag}' is negative`, pos);
+    if (rec.dims.length >= MAX_DIMS) throw new WireError(`'${rec.tag}' has more than ${MAX_DIMS} dims`, pos);
+    rec.dims.push(d);
+  }
+}
+
+/** A parameter being assembled from adjacent same-tag records. */
+interface PendingParam {
+  first: CkptRecord;
+  pieces: ByteRange[];
+}
+
+/** Joins adjacent records per tag and turns finished parameters into index entries. */
+class EntryBuilder {
+  readonly tensors = new Map<string, TensorEntry>();
+  readonly strings = new Map<string, StringEntry>();
+  private readonly seen = new Set<string>();
+  private pending: PendingParam | undefined;
+
+  constructor(private readonly uri: string, private readonly source: ByteSource, private readonly notes: string[]) {}
+
+  async add(rec: CkptRecord): Promise<void> {
+    const p = this.pending;
+    if (p && p.first.tag === rec.tag) {
+      if (rec.kind !== p.first.kind || rec.tensorType.toLowerCase() !== p.first.tensorType.toLowerCase() || !sameDims(rec.dims, p.first.dims)) {
+        throw this.error('InconsistentChunks', rec.tag,
+          `record at offset ${rec.offset} (${rec.tensorType || rec.kind} [${rec.dims}]) disagrees with the earlier chunk (${p.first.tensorType || p.first.kind} [${p.first.dims}])`);
+      }
+      p.pieces.push(rec.content);
+      return;
+    }
+    if (this.seen.has(rec.tag)) {
+      throw this.error('DuplicateParameter', rec.tag,
+        `appears again at offset ${rec.offset} after other parameters (only adjacent chunks of one parameter may repeat its name)`);
+    }
+    await this.finish();
+    this.seen.add(rec.tag);
+    this.pending = { first: rec, pieces: [rec.content] };
+  }
+
+  async finish(): Promise<void> {
+    const p = this.pending;
+    this.pending = undefined;
+    if (!p) return;
+    const { tag, kind, tensorType, dims } = p.first;
+    if (kind === 'maptensor') {
+      this.notes.push(`skipped '${tag}': maptensor (MapParameter) values are not supported`);
+      return;
+    }
+    const byteLength = p.pieces.reduce((s, r) => s + r.length, 0);
+    if (tensorType.toLowerCase() === 'str') {
+      if (byteLength % 4 !== 0) throw this.error('BadString', tag, `str value is ${byteLength} bytes, not a multiple of 4 (UTF-32)`);
+      const parts: Uint8Array[] = [];
+      for (const r of p.pieces) parts.push(await this.source.read(r.offset, r.length));
+      this.strings.set(tag, { name: tag, value: decodeUtf32le(Buffer.concat(parts), (m) => this.error('BadString', tag, m)) });
+      return;
+    }
+    const dtype = ckptTypeToDType(tensorType);
+    if (!dtype) {
+      const why = tensorType.toLowerCase() === 'int4' ? 'Int4 (qint4x2) tensors are not supported' : `unknown tensor_type '${tensorType}'`;
+      this.notes.push(`skipped '${tag}': ${why}`);
+      return;
+    }
+    // MindSpore ≤1.x wrote scalars as dims=[0]; its loader maps [0] to a scalar, and so do we.
+    const shape = dims.length === 1 && dims[0] === 0 ? [] : dims;
+    const expected = expectedBytes(dtype, shape);
+    if (expected !== byteLength) {
+      throw this.error('SizeMismatch', tag, `tensor_content is ${byteLength} bytes, but ${tensorType} [${shape}] needs ${expected ?? 'more than 2^53'}`);
+    }
+    this.tensors.set(tag, { name: tag, dtype, shape, pieces: p.pieces, byteLength });
+  }
+
+  private error(code: string, param: string, what: string): ShardserveError {
+    return new ShardserveError(code, `${this.uri}: parameter '${param}': ${what}`, { file: this.uri, param });
+  }
+}
+
+function sameDims(a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+function expectedBytes(dtype: DType, shape: number[]): number | undefined {
+  let n = DTYPE_BYTES[dtype];
+  for (const d of shape) {
+    n *= d;
+    if (!Number.isSafeInteger(n)) return undefined;
+  }
+  return n;
+}
+
+/** numpy `U` array bytes (UCS-4, little-endian) → string; trailing NULs are numpy padding. */
+function decodeUtf32le(bytes: Uint8Array, bad: (m: string) => Error): string {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let out = '';
+  let n = bytes.length / 4;
+  while (n > 0 && dv.getUint32((n - 1) * 4, true) === 0) n--;
+  for (let i = 0; i < n; i++) {
+    const cp = dv.getUint32(i * 4, true);
+    if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) throw bad(`str value has an invalid code point 0x${cp.toString(16)}`);
+    out += String.fromCodePoint(cp);
+  }
+  return out;
+}
