@@ -1,8 +1,11 @@
 // Builds or installs, once and cached (see cache.ts), every real part the suites use, so a new
 // machine needs nothing done by hand. Each step prints what it does; a failure stops the run loudly.
+import { ensurePythonVenv } from './python.js';
+
 type Step = { name: string; ensure: () => Promise<unknown> };
 
 const steps: Step[] = [
+  { name: 'python venv (MindSpore, onnx, tritonclient)', ensure: ensurePythonVenv },
 ];
 
 for (const step of steps) {
