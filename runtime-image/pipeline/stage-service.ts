@@ -1,0 +1,89 @@
+import type { ServerDuplexStream, ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from '@grpc/grpc-js';
+import { asInferError } from '../errors.js';
+import type { Lifecycle } from '../lifecycle.js';
+import type { Tensor } from '../tensor.js';
+import type { StageNode } from './stage-node.js';
+import { errorToWire, tensorFromWire, tensorToWire } from './wire.js';
+
+export interface RankStatus {
+  rank: number;
+  group: number;
+  stage: number;
+  loadedBytes: number;
+  totalBytes: number;
+  /** Own view: slice loaded, session built, next stage connected. */
+  ready: boolean;
+}
+
+/**
+ * The server side of rank-to-rank traffic: takes requests from the previous stage's stream, works on
+ * many at once (the session serializes compute; sends to the next stage overlap with it), answers
+ * each by id. A cancel message or the upstream going away aborts the request's remaining hops.
+ */
+export function stageServiceImpl(opts: {
+  node: () => StageNode | undefined;
+  lifecycle: Lifecycle;
+  status: () => RankStatus;
+  onRequest?: (delta: number) => void;
+}): UntypedServiceImplementation {
+  return {
+    Forward(call: ServerDuplexStream<any, any>) {
+      const inflight = new Map<string, AbortController>();
+      let ended = false;
+      const finishIfDone = () => {
+        if (ended && inflight.size === 0) call.end();
+      };
+      call.on('data', (msg: any) => {
+        const id = String(msg.id);
+        if (msg.cancel) {
+          inflight.get(id)?.abort();
+          return;
+        }
+        const req = msg.request;
+        if (!req) return;
+        const controller = new AbortController();
+        inflight.set(id, controller);
+        opts.onRequest?.(1);
+        const deadline = Date.now() + Number(req.budget_us) / 1000;
+        const work = async () => {
+          const node = opts.node();
+          if (!node || !opts.lifecycle.live) throw asInferError(new Error('stage is not loaded yet'));
+          const tensors = new Map<string, Tensor>();
+          for (const w of req.tensors) tensors.set(w.name, tensorFromWire(w));
+          return node.process(tensors, req.outputs ?? [], deadline, controller.signal);
+        };
+        work().then(
+          (r) => {
+            if (!controller.signal.aborted) {
+              call.write({ id, outputs: r.outputs.map(tensorToWire), timings: r.timings.map((t) => ({ stage: t.stage, compute_us: String(t.computeUs) })) });
+            }
+          },
+          (e) => {
+            if (!controller.signal.aborted) call.write({ id, error: errorToWire(asInferError(e)) });
+          },
+        ).finally(() => {
+          inflight.delete(id);
+          opts.onRequest?.(-1);
+          finishIfDone();
+        });
+      });
+      call.on('end', () => {
+        ended = true;
+        finishIfDone();
+      });
+      const abortAll = () => {
+        for (const c of inflight.values()) c.abort();
+      };
+      call.on('cancelled', abortAll);
+      call.on('error', abortAll);
+    },
+    Status(_call: ServerUnaryCall<any, any>, callback: sendUnaryData<any>) {
+      const s = opts.status();
+      const l = opts.lifecycle.snapshot();
+      callback(null, {
+        rank: s.rank, group: s.group, stage: s.stage, state: l.state, reason: l.reason,
+        loaded_bytes: String(s.loadedBytes), total_bytes: String(s.totalBytes), ready: s.ready,
+      });
+    },
+  };
+}

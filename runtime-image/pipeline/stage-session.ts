@@ -1,0 +1,80 @@
+import * as ort from 'onnxruntime-node';
+import { InferError } from '../errors.js';
+import { oipOfOrtType, ortTypeOf, typedView, type Tensor, type TensorMeta } from '../tensor.js';
+
+/** The part of the network one rank runs. ORT today; a tensor-parallel shard group later. */
+export interface StageExecutor {
+  readonly inputs: TensorMeta[];
+  readonly outputs: TensorMeta[];
+  run(inputs: Map<string, Tensor>): Promise<Map<string, Tensor>>;
+  close(): Promise<void>;
+}
+
+export type GraphOptimization = 'disabled' | 'basic' | 'extended' | 'all';
+
+export interface OrtStageOptions {
+  /**
+   * 'basic' by default: its rewrites keep the arithmetic of MatMul/Add/... unchanged, so a cut graph
+   * computes bit for bit what the whole graph computes (fusions across a cut would not).
+   */
+  graphOptimization?: GraphOptimization;
+  intraOpThreads?: number;
+}
+
+export function sessionOptions(opts: OrtStageOptions = {}): ort.InferenceSession.SessionOptions {
+  return {
+    graphOptimizationLevel: opts.graphOptimization ?? 'basic',
+    intraOpNumThreads: opts.intraOpThreads ?? 1,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+  };
+}
+
+function metaOf(m: ort.InferenceSession.ValueMetadata): TensorMeta {
+  if (!m.isTensor) throw new InferError('Unimplemented', `graph value '${m.name}' is not a tensor; only tensors are served`);
+  return { name: m.name, datatype: oipOfOrtType(m.type), shape: m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : -1)) };
+}
+
+export function toOrtTensor(t: Tensor): ort.Tensor {
+  return new ort.Tensor(ortTypeOf(t.datatype), typedView(t.datatype, t.data) as any, t.shape);
+}
+
+export function fromOrtTensor(name: string, v: ort.Tensor): Tensor {
+  const data = v.data as unknown as ArrayBufferView;
+  // Own copy: ORT may reuse its output buffers.
+  const bytes = new Uint8Array(data.byteLength);
+  bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  return { name, datatype: oipOfOrtType(v.type), shape: [...v.dims], data: bytes };
+}
+
+/** One onnxruntime session; runs are serialized (one stage = one device's worth of compute). */
+export async function createOrtStage(onnx: Uint8Array, opts: OrtStageOptions = {}): Promise<StageExecutor> {
+  const session = await ort.InferenceSession.create(onnx, sessionOptions(opts));
+  const inputs = session.inputMetadata.map(metaOf);
+  const outputs = session.outputMetadata.map(metaOf);
+  let queue: Promise<unknown> = Promise.resolve();
+  return {
+    inputs,
+    outputs,
+    run(feeds) {
+      const job = queue.then(async () => {
+        const ortFeeds: Record<string, ort.Tensor> = {};
+        for (const m of inputs) {
+          const t = feeds.get(m.name);
+          if (!t) throw new InferError('Internal', `stage input '${m.name}' did not reach this stage`);
+          ortFeeds[m.name] = toOrtTensor(t);
+        }
+        const result = await session.run(ortFeeds);
+        const out = new Map<string, Tensor>();
+        for (const m of outputs) out.set(m.name, fromOrtTensor(m.name, result[m.name] as ort.Tensor));
+        return out;
+      });
+      queue = job.catch(() => undefined);
+      return job;
+    },
+    async close() {
+      await queue;
+      await session.release();
+    },
+  };
+}

@@ -1,0 +1,34 @@
+import { loadSync, type Options } from '@grpc/proto-loader';
+import { loadPackageDefinition, type GrpcObject, type ServiceClientConstructor, type ServiceDefinition } from '@grpc/grpc-js';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const PROTO_DIR = join(dirname(fileURLToPath(import.meta.url)), 'proto');
+
+// snake_case field names as on the wire; 64-bit integers as decimal strings (exact); bytes as Buffer.
+const LOADER_OPTIONS: Options = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
+
+function load(file: string): GrpcObject {
+  return loadPackageDefinition(loadSync(join(PROTO_DIR, file), LOADER_OPTIONS));
+}
+
+let cache: { oip: ServiceClientConstructor; health: ServiceClientConstructor; stage: ServiceClientConstructor } | undefined;
+
+/** The three gRPC services shardserve speaks, loaded once from runtime-image/proto/. */
+export function services() {
+  if (!cache) {
+    const oip = load('grpc_predict_v2.proto') as any;
+    const health = load('health.proto') as any;
+    const rank = load('rank.proto') as any;
+    cache = {
+      oip: oip.inference.GRPCInferenceService,
+      health: health.grpc.health.v1.Health,
+      stage: rank.shardserve.rank.v1.StageService,
+    };
+  }
+  return cache;
+}
+
+export function serviceDefinition(ctor: ServiceClientConstructor): ServiceDefinition {
+  return ctor.service;
+}

@@ -1,0 +1,68 @@
+import * as ort from 'onnxruntime-node';
+import { afterAll, describe, expect, it } from 'vitest';
+import { bytesOf, cutByNodes, mlpModel, runSingleDevice, transformerBlockModel } from './serve-models.js';
+import { call, oipClient, startInProcessGroup, type InProcessGroup } from './serve-client.js';
+import { seededFloats } from '../../core/onnx/graph-builder.js';
+
+// Distributed outputs equal onnxruntime on the whole single-device model, bit for bit, for every cut.
+const cases = [
+  { name: 'MLP on 1 stage', model: mlpModel, cuts: [], input: 'x', shape: [3, 16] },
+  { name: 'MLP on 2 stages', model: mlpModel, cuts: [6], input: 'x', shape: [3, 16] },
+  { name: 'MLP on 4 stages', model: mlpModel, cuts: [3, 6, 9], input: 'x', shape: [3, 16] },
+  { name: 'transformer block on 1 stage', model: transformerBlockModel, cuts: [], input: 'x', shape: [2, 4, 16] },
+  { name: 'transformer block on 2 stages (residual x crosses the cut)', model: transformerBlockModel, cuts: [3], input: 'x', shape: [2, 4, 16] },
+  { name: 'transformer block on 4 stages (residual h skips stage 2)', model: transformerBlockModel, cuts: [2, 5, 8], input: 'x', shape: [2, 4, 16] },
+];
+
+describe('pipeline ranks answer exactly what one onnxruntime session answers', () => {
+  const groups: InProcessGroup[] = [];
+  afterAll(async () => {
+    await Promise.all(groups.map((g) => g.stop()));
+  });
+
+  for (const c of cases) {
+    it(c.name, async () => {
+      const model = c.model();
+      const { spec, stageModels } = cutByNodes(model, c.cuts);
+      const group = await startInProcessGroup(spec, stageModels);
+      groups.push(group);
+      const n = c.shape.reduce((a, b) => a * b, 1);
+      const x = seededFloats(n, 77, 2);
+      const expected = await runSingleDevice(model, { [c.input]: new ort.Tensor('float32', x, c.shape) });
+      const outName = spec.modelOutputs[0].name;
+      const client = oipClient(group.grpcAddress);
+      const res = await call(client, 'ModelInfer', {
+        model_name: 'net',
+        id: 'req-1',
+        inputs: [{ name: c.input, datatype: 'FP32', shape: c.shape }],
+        raw_input_contents: [Buffer.from(x.buffer)],
+      });
+      client.close();
+      expect(res.id).toBe('req-1');
+      expect(res.outputs.map((o: any) => [o.name, o.datatype, o.shape.map(Number)])).toEqual([[outName, 'FP32', [...expected[outName].dims]]]);
+      expect(Buffer.compare(res.raw_output_contents[0], bytesOf(expected[outName]))).toBe(0);
+    });
+  }
+
+  it('keeps many requests in flight through 4 stages and answers each with its own result', async () => {
+    const model = mlpModel();
+    const { spec, stageModels } = cutByNodes(model, [3, 6, 9]);
+    const group = await startInProcessGroup(spec, stageModels, { window: 4 });
+    groups.push(group);
+    const client = oipClient(group.grpcAddress);
+    const inputs = Array.from({ length: 24 }, (_, i) => seededFloats(16, 1000 + i, 1));
+    const [results, expected] = await Promise.all([
+      Promise.all(inputs.map((x, i) => call(client, 'ModelInfer', {
+        model_name: 'net', id: `r${i}`,
+        inputs: [{ name: 'x', datatype: 'FP32', shape: [1, 16] }],
+        raw_input_contents: [Buffer.from(x.buffer)],
+      }))),
+      Promise.all(inputs.map((x) => runSingleDevice(model, { x: new ort.Tensor('float32', x, [1, 16]) }))),
+    ]);
+    client.close();
+    results.forEach((r, i) => {
+      expect(r.id).toBe(`r${i}`);
+      expect(Buffer.compare(r.raw_output_contents[0], bytesOf(expected[i].y))).toBe(0);
+    });
+  });
+});
