@@ -1,5 +1,6 @@
-import { readdir, readFile, stat } from 'node:fs/promises';
-import { join, resolve, sep } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ShardserveError } from '../errors.js';
 import { openLocalSource, type ByteSource } from './source.js';
@@ -23,8 +24,14 @@ export interface Storage {
   /** Every object below the root, recursively, sorted by key. */
   list(): Promise<ObjectInfo[]>;
   stat(key: string): Promise<ObjectInfo>;
-  open(key: string): Promise<ByteSource>;
+  /**
+   * A random-access view of one object. `info` (from stat/list) saves a round trip on remote
+   * backends, and pins the object: reads fail if it changed since (ETag mismatch).
+   */
+  open(key: string, info?: ObjectInfo): Promise<ByteSource>;
   readAll(key: string): Promise<Uint8Array>;
+  /** Write a whole object atomically (temp + rename locally, one PUT on S3); absent when read-only (HTTP). */
+  write?(key: string, bytes: Uint8Array): Promise<void>;
   /** Full URI of a key, for messages. */
   uriOf(key: string): string;
 }
@@ -32,6 +39,13 @@ export interface Storage {
 export type StorageFactory = (uri: string) => Promise<Storage>;
 
 const factories = new Map<string, StorageFactory>();
+
+/** Backends shipped with shardserve, imported only when a URI of their scheme is opened. */
+const builtin: Record<string, () => Promise<StorageFactory>> = {
+  s3: async () => (await import('./s3.js')).openS3Storage,
+  http: async () => (await import('./http.js')).openHttpStorage,
+  https: async () => (await import('./http.js')).openHttpStorage,
+};
 
 /** Backends for other schemes (s3:, http:, https:) register themselves here. */
 export function registerStorage(scheme: string, factory: StorageFactory): void {
@@ -42,7 +56,8 @@ export function registerStorage(scheme: string, factory: StorageFactory): void {
 export async function openStorage(uri: string): Promise<Storage> {
   const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(uri);
   if (!m || m[1].toLowerCase() === 'file') return localStorage(m ? fileURLToPath(uri) : uri, uri);
-  const factory = factories.get(m[1].toLowerCase());
+  const scheme = m[1].toLowerCase();
+  const factory = factories.get(scheme) ?? (builtin[scheme] ? await builtin[scheme]() : undefined);
   if (!factory) throw new ShardserveError('UnsupportedScheme', `${uri}: unsupported URI scheme '${m[1]}:' (expected a local path, file://, s3:// or http(s)://)`, { file: uri });
   return factory(uri);
 }
@@ -81,7 +96,10 @@ function localStorage(root: string, uri: string): Storage {
         for (const ent of entries) {
           const key = prefix ? `${prefix}/${ent.name}` : ent.name;
           if (ent.isDirectory()) await walk(join(dir, ent.name), key);
-          else if (ent.isFile()) out.push({ key, size: (await stat(join(dir, ent.name))).size });
+          else if (ent.isFile()) {
+            const st = await stat(join(dir, ent.name));
+            out.push({ key, size: st.size, etag: `${st.size}-${st.mtimeMs}` });
+          }
         }
       };
       await walk(base, '');
@@ -96,6 +114,18 @@ function localStorage(root: string, uri: string): Storage {
       }
     },
     open: (key) => openLocalSource(pathOf(key)),
+    async write(key, bytes) {
+      const p = pathOf(key);
+      const tmp = `${p}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+      try {
+        await mkdir(dirname(p), { recursive: true });
+        await writeFile(tmp, bytes);
+        await rename(tmp, p);
+      } catch (e) {
+        await rm(tmp, { force: true });
+        throw new ShardserveError('WriteFailed', `${join(root, key)}: cannot write (${(e as Error).message})`, { file: join(root, key), cause: e });
+      }
+    },
     async readAll(key) {
       try {
         return await readFile(pathOf(key));
