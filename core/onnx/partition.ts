@@ -172,10 +172,10 @@ export function planPipeline(model: OnnxModel, opts: PlanPipelineOptions): Pipel
       pin[p] = k;
       pinReason[p] = t;
     });
-    const cutIndex = new Map(cuts.map((t, k) => [t, k]));
+    const cutAt = new Map(cuts.map((t, k) => [t, k]));
     reads.forEach((r, i) => {
       for (const t of r) {
-        const k = cutIndex.get(t);
+        const k = cutAt.get(t);
         if (k !== undefined) floor[i] = Math.max(floor[i], k + 1);
       }
     });
@@ -196,42 +196,43 @@ export function planPipeline(model: OnnxModel, opts: PlanPipelineOptions): Pipel
   }
 
   // Forward: the earliest stage each node can run in, and whether anything pinned precedes it.
+  // `why` says what forces a node's earliest stage, for error messages.
   const stageOf = new Array<number>(nodes.length).fill(0);
   const anchored = new Array<boolean>(nodes.length).fill(false);
-  const loWitness = new Array<number>(nodes.length).fill(-1);
+  const why = new Array<string>(nodes.length).fill('');
+  const cutIndex = new Map((opts.cutTensors ?? []).map((t, k) => [t, k]));
+  const floorWhy = (i: number) => {
+    const t = reads[i].filter((r) => cutIndex.has(r)).sort((a, b) => cutIndex.get(b)! - cutIndex.get(a)!)[0];
+    return `cut tensor '${t}' (boundary ${cutIndex.get(t)})`;
+  };
   for (const i of order) {
     let lo = floor[i];
-    let witness = floor[i] > 0 ? i : -1;
+    let reason = floor[i] > 0 ? floorWhy(i) : '';
     let hasAnchor = pin[i] !== undefined || floor[i] > 0;
     for (const p of preds[i]) {
       if (anchored[p]) hasAnchor = true;
       if (stageOf[p] > lo) {
         lo = stageOf[p];
-        witness = loWitness[p];
+        reason = why[p];
       }
     }
     if (pin[i] !== undefined) {
-      if (lo > pin[i]!) {
-        const w = witness >= 0 ? witness : i;
+      const k = pin[i]!;
+      if (lo > k) {
         if (by === 'cut-tensors') {
-          throw cutError(uri, `cut tensor '${pinReason[i]}' (boundary ${pin[i]}) depends on a later boundary's cut tensor '${pinReason[w] || '?'}'; list cut tensors in topological order, one per boundary`, pinReason[i]);
+          throw cutError(uri, `cut tensor '${pinReason[i]}' (boundary ${k}) depends on ${reason}; list cut tensors in topological order, one per boundary`, pinReason[i]);
         }
-        throw cutError(uri, `parameter stages are not monotone in topological order: node ${nodeLabel(nodes[i], i)} reads '${pinReason[i]}' (stage ${pin[i]}) but depends on node ${nodeLabel(nodes[w], w)} which reads '${pinReason[w]}' (stage ${stageOf[w]}); a stage may only depend on earlier stages`, pinReason[i]);
+        throw cutError(uri, `parameter stages are not monotone in topological order: node ${nodeLabel(nodes[i], i)} reads '${pinReason[i]}' (stage ${k}) but depends on ${reason}; a stage may only depend on earlier stages`, pinReason[i]);
       }
-      lo = pin[i]!;
-      witness = i;
+      if (by === 'cut-tensors' && k > 0 && lo < k) {
+        throw cutError(uri, `cut tensor '${pinReason[i]}' (boundary ${k}) does not depend on cut tensor '${opts.cutTensors![k - 1]}' (boundary ${k - 1}); each cut tensor must come after the previous one`, pinReason[i]);
+      }
+      lo = k;
+      reason = by === 'cut-tensors' ? `cut tensor '${pinReason[i]}' (boundary ${k})` : `node ${nodeLabel(nodes[i], i)} which reads '${pinReason[i]}' (stage ${k})`;
     }
     stageOf[i] = lo;
-    loWitness[i] = witness;
+    why[i] = reason;
     anchored[i] = hasAnchor;
-  }
-  if (by === 'cut-tensors') {
-    opts.cutTensors!.forEach((t, k) => {
-      const p = producer.get(t)!;
-      if (k > 0 && stageOf[p] !== k) {
-        throw cutError(uri, `cut tensor '${t}' (boundary ${k}) does not depend on cut tensor '${opts.cutTensors![k - 1]}' (boundary ${k - 1}); each cut tensor must come after the previous one`, t);
-      }
-    });
   }
   // Backward: nodes with nothing pinned before them run with their earliest consumer.
   const graphOutputNames = new Set(graphOutputs.map((o) => o.name ?? ''));
