@@ -93,7 +93,7 @@ describe('openCheckpointObject', () => {
     expect([...idx.tensors.values()]).toEqual([...direct.tensors.values()]);
     // Payload reads through the manifest's index give the right bytes.
     const e = idx.tensors.get('layer7.weight')!;
-    expect(new Float32Array((await idx.source.read(e.pieces[0].offset, e.byteLength)).slice().buffer)).toEqual(Float32Array.from([7, 8, 9, 10]));
+    expect(new Float32Array(Uint8Array.from(await idx.source.read(e.pieces[0].offset, e.byteLength)).buffer)).toEqual(Float32Array.from([7, 8, 9, 10]));
 
     // Change the file: same size, new mtime → stale; it must be re-indexed from the bytes.
     const changed = Buffer.concat(Array.from({ length: 40 }, (_, i) => ckptRecord(`other${i}.weight`, 'float32', [2, 2], f32([0, 0, 0, i]))));
