@@ -1,11 +1,13 @@
 // Builds or installs, once and cached (see cache.ts), every real part the suites use, so a new
 // machine needs nothing done by hand. Each step prints what it does; a failure stops the run loudly.
 import { ensurePythonVenv } from './python.js';
+import { ensureMinioBinary, minioVersion } from './minio.js';
 
 type Step = { name: string; ensure: () => Promise<unknown> };
 
 const steps: Step[] = [
   { name: 'python venv (MindSpore, onnx, tritonclient)', ensure: ensurePythonVenv },
+  { name: `MinIO ${minioVersion()} (S3 server for the storage suites)`, ensure: ensureMinioBinary },
 ];
 
 for (const step of steps) {
