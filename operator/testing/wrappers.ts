@@ -82,3 +82,57 @@ function merge(into: Record<string, unknown>, patch: Record<string, unknown>): v
 }
 
 export const resource = (name?: string, namespace?: string) => new ResourceWrapper(name, namespace);
+
+/** A rank pod as the StatefulSet controller would create it, with the kubelet's status set by the test. */
+export class PodWrapper {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  readonly obj: any;
+
+  constructor(resourceName: string, group: number, rank: number, revision: string) {
+    this.obj = {
+      metadata: {
+        name: `${resourceName}-g${group}-${rank}`,
+        uid: `pod-uid-${group}-${rank}-${revision}`,
+        labels: {
+          'inference.shardserve.io/name': resourceName,
+          'inference.shardserve.io/group': String(group),
+          'inference.shardserve.io/revision': revision,
+          'apps.kubernetes.io/pod-index': String(rank),
+        },
+        annotations: {},
+      },
+      status: { phase: 'Pending' },
+    };
+  }
+
+  ready(ip = `10.0.${this.obj.metadata.labels['inference.shardserve.io/group']}.${this.obj.metadata.labels['apps.kubernetes.io/pod-index']}`): this {
+    this.obj.status = { phase: 'Running', podIP: ip, conditions: [{ type: 'Ready', status: 'True' }], containerStatuses: [{ name: 'rank', ready: true, state: { running: {} } }] };
+    return this;
+  }
+
+  terminated(exitCode: number, message: string): this {
+    this.obj.status = {
+      phase: 'Running',
+      conditions: [{ type: 'Ready', status: 'False' }],
+      containerStatuses: [{ name: 'rank', ready: false, state: { waiting: { reason: 'CrashLoopBackOff' } }, lastState: { terminated: { exitCode, reason: 'Error', message } } }],
+    };
+    return this;
+  }
+
+  loading(loaded: number, total: number): this {
+    this.obj.metadata.annotations['inference.shardserve.io/loaded-bytes'] = String(loaded);
+    this.obj.metadata.annotations['inference.shardserve.io/total-bytes'] = String(total);
+    return this;
+  }
+
+  deleting(): this {
+    this.obj.metadata.deletionTimestamp = '2026-01-01T00:00:00Z';
+    return this;
+  }
+
+  build() {
+    return structuredClone(this.obj);
+  }
+}
+
+export const pod = (resourceName: string, group: number, rank: number, revision: string) => new PodWrapper(resourceName, group, rank, revision);
