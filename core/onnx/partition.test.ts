@@ -78,6 +78,17 @@ describe('planPipeline by parameter stages', () => {
     expect(plan.stages[0].nodes.every((n) => n < Math.min(...plan.stages[1].nodes))).toBe(true);
   });
 
+  it('runs a parameter-free normalization with the weights after it when that carries fewer bytes', () => {
+    // h = x·a; n = (h - mean(h)) * b. With the producer, both h and mean(h) would cross; with the consumer only h.
+    const g = new GraphBuilder('norm').input('x', 'F32', [4, 8])
+      .initializer('a', 'F32', [8, 8], new Float32Array(64)).initializer('b', 'F32', [8], new Float32Array(8))
+      .node('MatMul', ['x', 'a'], ['h']).node('ReduceMean', ['h'], ['mean'], { axes: [-1] })
+      .node('Sub', ['h', 'mean'], ['centered']).node('Mul', ['centered', 'b'], ['y']).output('y', 'F32', [4, 8]);
+    const plan = planPipeline(g.model(), { stages: 2, stageOfInitializer: (n) => ({ a: 0, b: 1 })[n] });
+    expect(io(plan)).toEqual(['x -> h', 'h -> y']);
+    expect(plan.stages[1].nodes).toEqual([1, 2, 3]);
+  });
+
   it.each([
     ['parameters of a later stage come first', () => planPipeline(twoLayer(1, 0).model, { stages: 2, stageOfInitializer: twoLayer(1, 0).stageOf }),
       /parameter stages are not monotone in topological order: node 'MatMul_1' \(MatMul\) reads 'b' \(stage 0\) but depends on node 'MatMul_0' \(MatMul\) which reads 'a' \(stage 1\)/],

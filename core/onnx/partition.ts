@@ -14,7 +14,7 @@
  * between, so stage k+1's inputs are exactly stage k's outputs, and the last stage's outputs are
  * the graph's outputs.
  */
-import type { DType } from '../dtype.js';
+import { type DType, DTYPE_BYTES } from '../dtype.js';
 import { ShardserveError } from '../errors.js';
 import type { GraphProto, NodeProto, OnnxModel, ValueInfoProto } from './model.js';
 import { dtypeOfOnnx, onnxDataTypeName, tensorValueInfo } from './model.js';
@@ -234,15 +234,59 @@ export function planPipeline(model: OnnxModel, opts: PlanPipelineOptions): Pipel
     why[i] = reason;
     anchored[i] = hasAnchor;
   }
-  // Backward: nodes with nothing pinned before them run with their earliest consumer.
+  // Parameter-free nodes between two pinned ones may run with their producer or their consumer.
+  // Both are valid cuts; take the one that carries fewer bytes across the boundaries (ties: producer).
+  // E.g. a decomposed pre-norm LayerNorm goes with the weights that follow it, so only its input crosses.
   const graphOutputNames = new Set(graphOutputs.map((o) => o.name ?? ''));
-  for (let k = order.length - 1; k >= 0; k--) {
-    const i = order[k];
-    if (anchored[i]) continue;
-    let s = succs[i].length ? Math.min(...succs[i].map((u) => stageOf[u])) : P - 1;
-    if ((nodes[i].output ?? []).some((o) => graphOutputNames.has(o))) s = Math.min(s, P - 1);
-    stageOf[i] = s;
+  const withConsumers = (lo: number[], keep: (i: number) => boolean): number[] => {
+    const out = [...lo];
+    for (let k = order.length - 1; k >= 0; k--) {
+      const i = order[k];
+      if (keep(i)) continue;
+      let s = succs[i].length ? Math.min(...succs[i].map((u) => out[u])) : P - 1;
+      if ((nodes[i].output ?? []).some((o) => graphOutputNames.has(o))) s = Math.min(s, P - 1);
+      out[i] = Math.max(s, lo[i]);
+    }
+    return out;
+  };
+  const producerFirst = withConsumers(stageOf, (i) => anchored[i]);
+  const consumerFirst = withConsumers(stageOf, (i) => pin[i] !== undefined);
+
+  const types = inferTensorTypes(graph, order);
+  const graphOutputList = graphOutputs.map((o) => o.name ?? '').filter((n) => n);
+  const flow = (assignment: number[]) => {
+    const producedIn = new Map<string, number>();
+    const neededUntil = new Map<string, number>();
+    for (const i of graphInputs) producedIn.set(i.name!, -1);
+    nodes.forEach((n, i) => (n.output ?? []).forEach((o) => o && producedIn.set(o, assignment[i])));
+    reads.forEach((r, i) => {
+      for (const t of r) neededUntil.set(t, Math.max(neededUntil.get(t) ?? -1, assignment[i]));
+    });
+    for (const o of graphOutputList) neededUntil.set(o, P);
+    return { producedIn, neededUntil };
+  };
+  const carriedBytes = (assignment: number[]): number => {
+    const { producedIn, neededUntil } = flow(assignment);
+    let total = 0;
+    for (const [t, from] of producedIn) {
+      const crossings = Math.min(neededUntil.get(t) ?? -1, P - 1) - Math.max(from, 0);
+      if (crossings <= 0) continue;
+      const shape = types.get(t)?.shape ?? [];
+      const elems = shape.reduce<number>((a, d) => a * (typeof d === 'number' ? d : 1), 1);
+      const dtype = dtypeOfOnnx(types.get(t)?.elemType);
+      total += crossings * elems * (dtype ? DTYPE_BYTES[dtype] : 4);
+    }
+    return total;
+  };
+  const hasEmptyStage = (assignment: number[]) => {
+    const used = new Set(assignment);
+    return Array.from({ length: P }, (_, s) => s).some((s) => !used.has(s));
+  };
+  let chosen = producerFirst;
+  if (P > 1 && !hasEmptyStage(consumerFirst) && (hasEmptyStage(producerFirst) || carriedBytes(consumerFirst) < carriedBytes(producerFirst))) {
+    chosen = consumerFirst;
   }
+  for (let i = 0; i < nodes.length; i++) stageOf[i] = chosen[i];
 
   const stageNodes: number[][] = Array.from({ length: P }, () => []);
   for (const i of order) stageNodes[stageOf[i]].push(i);
@@ -254,20 +298,13 @@ export function planPipeline(model: OnnxModel, opts: PlanPipelineOptions): Pipel
   });
 
   // Where each tensor is produced and last needed. Graph inputs enter before stage 0; outputs leave after the last.
-  const producedIn = new Map<string, number>();
-  const neededUntil = new Map<string, number>();
-  for (const i of graphInputs) producedIn.set(i.name!, -1);
-  nodes.forEach((n, i) => (n.output ?? []).forEach((o) => o && producedIn.set(o, stageOf[i])));
-  reads.forEach((r, i) => {
-    for (const t of r) neededUntil.set(t, Math.max(neededUntil.get(t) ?? -1, stageOf[i]));
-  });
   for (const o of graphOutputs) {
-    if (!o.name) continue;
-    if (!producedIn.has(o.name) && !initializerNames.has(o.name)) throw cutError(uri, `graph output '${o.name}' is produced by no node`, o.name);
-    neededUntil.set(o.name, P);
+    if (o.name && !producer.has(o.name) && !initializerNames.has(o.name) && !graphInputs.some((i) => i.name === o.name)) {
+      throw cutError(uri, `graph output '${o.name}' is produced by no node`, o.name);
+    }
   }
+  const { producedIn, neededUntil } = flow(stageOf);
 
-  const types = inferTensorTypes(graph, order);
   const stageTensor = (name: string, from: number, to: number): StageTensor => {
     const t = types.get(name);
     const dtype = dtypeOfOnnx(t?.elemType);
