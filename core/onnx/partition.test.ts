@@ -79,14 +79,15 @@ describe('planPipeline by parameter stages', () => {
   });
 
   it('runs a parameter-free normalization with the weights after it when that carries fewer bytes', () => {
-    // h = x·a; n = (h - mean(h)) * b. With the producer, both h and mean(h) would cross; with the consumer only h.
+    // h = x·a; y = (h - mean(h)) * b + h (pre-norm residual). With the producer, both the centered h and
+    // h itself would cross; with the consumer only h.
     const g = new GraphBuilder('norm').input('x', 'F32', [4, 8])
       .initializer('a', 'F32', [8, 8], new Float32Array(64)).initializer('b', 'F32', [8], new Float32Array(8))
       .node('MatMul', ['x', 'a'], ['h']).node('ReduceMean', ['h'], ['mean'], { axes: [-1] })
-      .node('Sub', ['h', 'mean'], ['centered']).node('Mul', ['centered', 'b'], ['y']).output('y', 'F32', [4, 8]);
+      .node('Sub', ['h', 'mean'], ['centered']).node('Mul', ['centered', 'b'], ['scaled']).node('Add', ['scaled', 'h'], ['y']).output('y', 'F32', [4, 8]);
     const plan = planPipeline(g.model(), { stages: 2, stageOfInitializer: (n) => ({ a: 0, b: 1 })[n] });
     expect(io(plan)).toEqual(['x -> h', 'h -> y']);
-    expect(plan.stages[1].nodes).toEqual([1, 2, 3]);
+    expect(plan.stages[1].nodes).toEqual([1, 2, 3, 4]);
   });
 
   it.each([
