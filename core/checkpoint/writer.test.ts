@@ -141,7 +141,7 @@ describe('createTensorFileWriter errors and atomicity', () => {
   ];
   it.each(cases)('$name', async ({ run, message }) => {
     const dir = await tmp();
-    const err = await run(dir).catch((e) => e);
+    const err: ShardserveError = await run(dir).then(() => undefined, (e) => e);
     expect(err).toBeInstanceOf(ShardserveError);
     expect(err.message.startsWith(`${dir}/${message}`)).toBe(true);
   });
