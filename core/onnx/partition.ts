@@ -147,8 +147,10 @@ export function planPipeline(model: OnnxModel, opts: PlanPipelineOptions): Pipel
   const parameterStage = new Map<string, number>();
   if (opts.stageOfInitializer) {
     for (const name of initializerNames) {
-      const s = opts.stageOfInitializer(name);
-      if (s === undefined) continue;
+      const trained = opts.stageOfInitializer(name);
+      if (trained === undefined) continue;
+      // One stage (a single device) runs every parameter, whatever stage it trained in.
+      const s = P === 1 && Number.isInteger(trained) && trained >= 0 ? 0 : trained;
       if (!Number.isInteger(s) || s < 0 || s >= P) {
         throw cutError(uri, `parameter '${name}' belongs to stage ${s}, but the pipeline has ${P} stage(s) (0..${P - 1})`, name);
       }
