@@ -96,7 +96,7 @@ export async function buildManifest(storage: Storage, opts: BuildManifestOptions
   const files: ManifestFile[] = [];
   for (const [i, o] of objects.entries()) {
     const info = o.etag ? o : await storage.stat(o.key);
-    const entry: ManifestFile = { key: o.key, size: info.size, etag: info.etag };
+    const entry: ManifestFile = { key: o.key, size: info.size, etag: info.etag, mtimeMs: info.mtimeMs ?? o.mtimeMs };
     if (/\.(ckpt|safetensors)$/i.test(o.key) && info.size > 0) {
       const source = await storage.open(o.key, info);
       try {

@@ -55,6 +55,8 @@ export async function openHttpStorage(uri: string): Promise<Storage> {
     throw new ShardserveError('RequestFailed', `${u}: ${method} failed with HTTP ${res.status}`, opt);
   };
 
+  /** Strong ETags seen by stat, for If-Match on later ranged reads of the same object. */
+  const strongOf = new Map<string, { etag?: string; strong: string }>();
   const stat = async (key: string): Promise<ObjectInfo & { strongEtag?: string }> => {
     checkKey(key);
     return retried(uriOf(key), 'stat', async () => {
@@ -67,7 +69,10 @@ export async function openHttpStorage(uri: string): Promise<Storage> {
       const lm = res.headers.get('last-modified');
       const strong = raw && !raw.startsWith('W/') ? raw : undefined;
       const etag = raw ? raw.replace(/^W\//, '').replace(/^"(.*)"$/, '$1') : lm ? `lm:${lm}` : undefined;
-      return { key, size, etag, strongEtag: strong };
+      const mtimeMs = lm ? Date.parse(lm) : undefined;
+      if (strong) strongOf.set(key, { etag, strong });
+      else strongOf.delete(key);
+      return { key, size, etag, strongEtag: strong, mtimeMs: Number.isFinite(mtimeMs) ? mtimeMs : undefined };
     });
   };
 
@@ -85,11 +90,11 @@ export async function openHttpStorage(uri: string): Promise<Storage> {
         throw e;
       }
       const m = parseManifest(bytes, uriOf(MANIFEST_NAME));
-      return m.files.map((f) => ({ key: f.key, size: f.size, etag: f.etag })).sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+      return m.files.map((f) => ({ key: f.key, size: f.size, etag: f.etag, mtimeMs: f.mtimeMs })).sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     },
     stat: async (key) => {
       const s = await stat(key);
-      return { key: s.key, size: s.size, etag: s.etag };
+      return { key: s.key, size: s.size, etag: s.etag, mtimeMs: s.mtimeMs };
     },
     async open(key, info?: ObjectInfo): Promise<ByteSource> {
       checkKey(key);
@@ -98,7 +103,9 @@ export async function openHttpStorage(uri: string): Promise<Storage> {
       const limit = wholeReadLimit();
       let whole: Uint8Array | undefined;
       let transferred = 0;
-      const ifMatch: Record<string, string> = meta.strongEtag ? { 'if-match': meta.strongEtag } : {};
+      const seen = strongOf.get(key);
+      const strong = meta.strongEtag ?? (seen && seen.etag === meta.etag ? seen.strong : undefined);
+      const ifMatch: Record<string, string> = strong ? { 'if-match': strong } : {};
       return remoteSource(u, meta.size, async (offset, length) => {
         if (whole) return whole.slice(offset, offset + length);
         const res = await request('GET', key, { range: `bytes=${offset}-${offset + length - 1}`, ...ifMatch }, [200, 206]);

@@ -35,6 +35,8 @@ export interface ManifestFile {
   size: number;
   /** ETag (S3/HTTP) or `size-mtimeMs` (local); absent when the backend gives none. */
   etag?: string;
+  /** Modification time (ms since epoch) when known; used only when the ETag kinds differ (see isFresh). */
+  mtimeMs?: number;
   /** Record index of a plain checkpoint (never of an encrypted one: its offsets need the key). */
   index?: ManifestIndex;
   /** Set for an encrypted checkpoint, whose index is not stored. */
@@ -98,6 +100,7 @@ export function parseManifest(bytes: Uint8Array, uri: string): Manifest {
     if (typeof f.key !== 'string' || f.key === '') throw bad(`${at}.key must be a non-empty string`);
     if (!isCount(f.size)) throw bad(`${at}.size must be a non-negative integer`);
     if (f.etag !== undefined && typeof f.etag !== 'string') throw bad(`${at}.etag must be a string`);
+    if (f.mtimeMs !== undefined && !(typeof f.mtimeMs === 'number' && Number.isFinite(f.mtimeMs))) throw bad(`${at}.mtimeMs must be a number`);
     if (f.index === undefined) return;
     const ix = f.index;
     if (!isObj(ix)) throw bad(`${at}.index must be an object`);
@@ -148,9 +151,22 @@ export function forgetManifest(storage: Storage): void {
   cache.delete(storage);
 }
 
-/** Whether a manifest entry still describes the object: same size and same, present ETag. */
+const LOCAL_ETAG = /^\d+-\d+(\.\d+)?$/;
+
+/**
+ * Whether a manifest entry still describes the object. The size must match, and:
+ * - when both change detectors are of the same kind (both local `size-mtime`, or both server ETags),
+ *   they must be equal;
+ * - when a manifest written from a local directory is read through a web server (local `size-mtime`
+ *   there, the server's own ETag here), the modification times must agree to the second (HTTP
+ *   Last-Modified has second precision).
+ * Anything else (no detector, no mtime) counts as stale: a stale index is never trusted.
+ */
 export function isFresh(entry: ManifestFile, info: ObjectInfo): boolean {
-  return entry.size === info.size && entry.etag !== undefined && info.etag !== undefined && entry.etag === info.etag;
+  if (entry.size !== info.size || entry.etag === undefined || info.etag === undefined) return false;
+  if (LOCAL_ETAG.test(entry.etag) === LOCAL_ETAG.test(info.etag)) return entry.etag === info.etag;
+  if (entry.mtimeMs === undefined || info.mtimeMs === undefined) return false;
+  return Math.floor(entry.mtimeMs / 1000) === Math.floor(info.mtimeMs / 1000);
 }
 
 export function serializeManifest(m: Manifest): Uint8Array {

@@ -52,7 +52,8 @@ export function networkError(e: unknown, uri: string, endpoint: string, timeoutM
   if (code && TRANSIENT_NET.has(code)) {
     return new TransientError('ConnectionFailed', `${uri}: connection to ${endpoint} failed (${code})`, { file: uri, cause: e });
   }
-  const msg = (e as Error)?.message ?? String(e);
+  let msg = (e as Error)?.message ?? String(e);
+  for (let c = (e as { cause?: unknown })?.cause, d = 0; c instanceof Error && d < 5; c = (c as { cause?: unknown }).cause, d++) msg = c.message;
   // undici reports a body cut short by the peer as TypeError('terminated').
   if (msg === 'terminated' || /socket|other side closed|network/i.test(msg)) {
     return new TransientError('ConnectionFailed', `${uri}: connection to ${endpoint} broke (${code ?? msg})`, { file: uri, cause: e });

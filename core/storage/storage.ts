@@ -12,6 +12,8 @@ export interface ObjectInfo {
   size: number;
   /** ETag or another change detector when the backend has one. */
   etag?: string;
+  /** Last modification time (ms since epoch) when the backend tells it (local mtime, HTTP Last-Modified, S3 LastModified). */
+  mtimeMs?: number;
 }
 
 /**
@@ -98,7 +100,7 @@ function localStorage(root: string, uri: string): Storage {
           if (ent.isDirectory()) await walk(join(dir, ent.name), key);
           else if (ent.isFile()) {
             const st = await stat(join(dir, ent.name));
-            out.push({ key, size: st.size, etag: `${st.size}-${st.mtimeMs}` });
+            out.push({ key, size: st.size, etag: `${st.size}-${st.mtimeMs}`, mtimeMs: st.mtimeMs });
           }
         }
       };
@@ -108,7 +110,7 @@ function localStorage(root: string, uri: string): Storage {
     async stat(key) {
       try {
         const s = await stat(pathOf(key));
-        return { key, size: s.size, etag: `${s.size}-${s.mtimeMs}` };
+        return { key, size: s.size, etag: `${s.size}-${s.mtimeMs}`, mtimeMs: s.mtimeMs };
       } catch (e) {
         throw notFound(key, e);
       }
