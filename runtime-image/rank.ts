@@ -18,7 +18,8 @@ import { peerAddress, type RankEnv } from './rank-env.js';
 /** What a rank needs to run its part: the whole pipeline's shape and its own stage as ONNX bytes. */
 export interface LoadedStage {
   spec: PipelineSpec;
-  onnx: Uint8Array;
+  /** The stage model's bytes, or the path of a saved model whose weights are in external data. */
+  onnx: Uint8Array | string;
   /** Bytes of checkpoint slice this rank loaded (for status/metrics). */
   sliceBytes: number;
 }

@@ -48,8 +48,10 @@ export function fromOrtTensor(name: string, v: ort.Tensor): Tensor {
 }
 
 /** One onnxruntime session; runs are serialized (one stage = one device's worth of compute). */
-export async function createOrtStage(onnx: Uint8Array, opts: OrtStageOptions = {}): Promise<StageExecutor> {
-  const session = await ort.InferenceSession.create(onnx, sessionOptions(opts));
+export async function createOrtStage(onnx: Uint8Array | string, opts: OrtStageOptions = {}): Promise<StageExecutor> {
+  const session = typeof onnx === 'string'
+    ? await ort.InferenceSession.create(onnx, sessionOptions(opts))
+    : await ort.InferenceSession.create(onnx, sessionOptions(opts));
   const inputs = session.inputMetadata.map(metaOf);
   const outputs = session.outputMetadata.map(metaOf);
   let queue: Promise<unknown> = Promise.resolve();

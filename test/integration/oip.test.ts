@@ -90,7 +90,7 @@ describe('REST /v2', () => {
     return { status: r.status, body: await r.json() };
   };
   const post = async (path: string, body: string | Uint8Array, headers: Record<string, string> = {}) => {
-    const r = await fetch(group.httpBase + path, { method: 'POST', body, headers: { 'content-type': 'application/json', ...headers } });
+    const r = await fetch(group.httpBase + path, { method: 'POST', body: body as any, headers: { 'content-type': 'application/json', ...headers } });
     return { status: r.status, headers: r.headers, bytes: Buffer.from(await r.arrayBuffer()) };
   };
 

@@ -37,11 +37,16 @@ export interface InProcessGroup {
 }
 
 /** Every rank of a group in this process, each with its own stage session and loopback ports. */
-export async function startInProcessGroup(spec: PipelineSpec, stageModels: Uint8Array[], opts: Partial<RankOptions> & { modelName?: string } = {}): Promise<InProcessGroup> {
+export async function startInProcessGroup(
+  spec: PipelineSpec,
+  stageModels: Uint8Array[],
+  opts: Partial<RankOptions> & { modelName?: string; configOf?: (ports: { grpc: number; http: number; rank: number }) => RankConfig } = {},
+): Promise<InProcessGroup> {
   const stages = stageModels.length;
   const rankBase = await freePortBlock(stages);
   const [grpc, http] = await freePorts(2);
-  const config = testConfig(stages, { grpc, http, rank: rankBase }, opts.modelName);
+  const ports = { grpc, http, rank: rankBase };
+  const config = opts.configOf ? opts.configOf(ports) : testConfig(stages, ports, opts.modelName);
   const ranks: RankHandle[] = [];
   for (let r = 0; r < stages; r++) {
     ranks.push(await startRank({

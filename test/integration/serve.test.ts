@@ -2,7 +2,13 @@ import * as ort from 'onnxruntime-node';
 import { afterAll, describe, expect, it } from 'vitest';
 import { bytesOf, cutByNodes, mlpModel, runSingleDevice, transformerBlockModel } from './serve-models.js';
 import { call, oipClient, startInProcessGroup, type InProcessGroup } from './serve-client.js';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { seededFloats } from '../../core/onnx/graph-builder.js';
+import { mlpNetwork, transformerNetwork } from '../../core/onnx/sample-networks.js';
+import { loadCheckpointStage } from '../../runtime-image/load-stage.js';
+import { fixtureConfig, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
 
 // Distributed outputs equal onnxruntime on the whole single-device model, bit for bit, for every cut.
 const cases = [
@@ -65,4 +71,44 @@ describe('pipeline ranks answer exactly what one onnxruntime session answers', (
       expect(Buffer.compare(r.raw_output_contents[0], bytesOf(expected[i].y))).toBe(0);
     });
   });
+});
+
+describe('ranks loading their slice from a sharded checkpoint answer like the merged single-device model', () => {
+  const groups: InProcessGroup[] = [];
+  afterAll(async () => {
+    await Promise.all(groups.map((g) => g.stop()));
+  });
+  const nets = [
+    ['MLP', () => mlpNetwork()],
+    ['transformer encoder (residuals cross every cut, an output produced in stage 0)', () => transformerNetwork()],
+  ] as const;
+  for (const [label, makeNet] of nets) {
+    for (const stages of [1, 2, 4]) {
+      it(`${label} on ${stages} stage${stages > 1 ? 's' : ''}`, async () => {
+        const net = makeNet();
+        const fixture = writeServeFixture(mkdtempSync(join(tmpdir(), 'serve-ckpt-')), net, stages);
+        const group = await startInProcessGroup({} as any, new Array(stages).fill(new Uint8Array()), {
+          loader: loadCheckpointStage,
+          configOf: (ports) => fixtureConfig(fixture, ports),
+        });
+        groups.push(group);
+        const feeds = Object.fromEntries(Object.entries(net.sampleInput(3)).map(([k, v]) => [k, new ort.Tensor('float32', v.data, v.dims)]));
+        const expected = await singleDeviceOutputs(net, feeds);
+        const client = oipClient(group.grpcAddress);
+        const names = Object.keys(feeds);
+        const res = await call(client, 'ModelInfer', {
+          model_name: 'net',
+          inputs: names.map((n) => ({ name: n, datatype: 'FP32', shape: feeds[n].dims })),
+          raw_input_contents: names.map((n) => bytesOf(feeds[n])),
+        });
+        client.close();
+        const outNames = res.outputs.map((o: any) => o.name);
+        expect(outNames.sort()).toEqual(Object.keys(expected).sort());
+        res.outputs.forEach((o: any, i: number) => {
+          expect(o.shape.map(Number)).toEqual([...expected[o.name].dims]);
+          expect(Buffer.compare(res.raw_output_contents[i], bytesOf(expected[o.name])), `output ${o.name}`).toBe(0);
+        });
+      });
+    }
+  }
 });

@@ -1,0 +1,89 @@
+import { readFile, writeFile, rename, mkdir, readdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { RankConfig } from '../core/deployment.js';
+import { ShardserveError } from '../core/errors.js';
+import { parseOnnx } from '../core/onnx/model.js';
+import { planPipeline, type PipelinePlan, type StageTensor } from '../core/onnx/partition.js';
+import { buildStageModel } from '../core/onnx/bind.js';
+import { loadDestinationSlice } from '../core/reshard/load.js';
+import { loadStrategy } from '../core/reshard/session.js';
+import { openParent } from '../core/storage/storage.js';
+import type { Strategy } from '../core/strategy/types.js';
+import type { PipelineSpec, RankPosition } from './pipeline/spec.js';
+import type { LoadedStage } from './rank.js';
+import { oipOfOnnxElemType, type TensorMeta } from './tensor.js';
+
+function metaOf(t: StageTensor): TensorMeta {
+  return { name: t.name, datatype: oipOfOnnxElemType(t.elemType), shape: (t.shape ?? []).map((d) => (typeof d === 'number' ? d : -1)) };
+}
+
+export function specOfPlan(plan: PipelinePlan): PipelineSpec {
+  return {
+    modelInputs: plan.inputs.map(metaOf),
+    modelOutputs: plan.outputs.map(metaOf),
+    stages: plan.stages.map((s) => ({ inputs: s.inputs.map((t) => t.name), outputs: s.outputs.map((t) => t.name) })),
+  };
+}
+
+/**
+ * The pipeline cut every rank agrees on: by explicit cut tensors when the configuration gives them,
+ * else by the training stage of each parameter (through the rename map to initializer names).
+ */
+export function planFor(model: ReturnType<typeof parseOnnx>, strategy: Strategy, config: RankConfig, stages: number): PipelinePlan {
+  const uri = config.model.uri;
+  const cutTensors = config.model.cutTensors;
+  if (!cutTensors?.length && stages > 1 && strategy.stageCount !== stages) {
+    throw new ShardserveError('LayoutMismatch',
+      `strategy has ${strategy.stageCount} stage${strategy.stageCount === 1 ? '' : 's'}, spec asks for ${stages}` +
+      (strategy.stageCount === 1 ? ' (give model.cutTensors to cut a single-stage network)' : ''),
+      { file: config.checkpoint.strategy, param: 'parallelism.pipelineStages' });
+  }
+  const stageOfInit = new Map<string, number>();
+  for (const p of strategy.params.values()) stageOfInit.set(config.model.parameterNames?.[p.name] ?? p.name, Math.min(...p.stages));
+  return planPipeline(model, {
+    stages,
+    stageOfInitializer: (name) => (stages === 1 ? (stageOfInit.has(name) ? 0 : undefined) : stageOfInit.get(name)),
+    cutTensors: cutTensors?.length ? cutTensors : undefined,
+    uri,
+  });
+}
+
+/**
+ * The rank's real load path: the ONNX graph, the pipeline cut, exactly this rank's slice of the
+ * checkpoint (only its bytes are read), bound into its stage's ONNX model. Weights too large to embed
+ * go to an external-data file in the temp dir (an emptyDir in a pod) and the session loads by path.
+ */
+export async function loadCheckpointStage(config: RankConfig, position: RankPosition, onProgress: (done: number, total: number) => void): Promise<LoadedStage> {
+  const modelUri = config.model.uri;
+  const { storage, key } = await openParent(modelUri);
+  const model = parseOnnx(await storage.readAll(key), modelUri);
+  const strategy = await loadStrategy(config.checkpoint.strategy);
+  const plan = planFor(model, strategy, config, position.stages);
+  const decryption = config.checkpoint.decryption
+    ? { key: new Uint8Array(await readFile(config.checkpoint.decryption.keyFile)), mode: config.checkpoint.decryption.mode }
+    : undefined;
+  const slice = await loadDestinationSlice({
+    checkpoint: config.checkpoint.uri,
+    strategy: config.checkpoint.strategy,
+    target: { world: position.stages * position.tensorParallel, stages: position.stages, tp: position.tensorParallel },
+    rank: position.rank,
+    decryption: decryption as any,
+    onProgress,
+  });
+  if (slice.stage !== position.stage) {
+    throw new ShardserveError('LayoutMismatch', `rank ${position.rank}: the checkpoint plan puts it in stage ${slice.stage}, the runtime in stage ${position.stage}`);
+  }
+  const dir = join(process.env.SHARDSERVE_WORK_DIR ?? tmpdir(), `shardserve-rank-${position.rank}-${process.pid}`);
+  await mkdir(dir, { recursive: true });
+  const onnx = buildStageModel(model, plan, position.stage, slice.tensors, { parameterNames: config.model.parameterNames, externalDataDir: dir, uri: modelUri });
+  const external = (await readdir(dir)).length > 0;
+  let source: Uint8Array | string = onnx;
+  if (external) {
+    const path = join(dir, `stage${position.stage}.onnx`);
+    await writeFile(path + '.tmp', onnx);
+    await rename(path + '.tmp', path);
+    source = path;
+  }
+  return { spec: specOfPlan(plan), onnx: source, sliceBytes: slice.stats.sliceBytes };
+}

@@ -1,0 +1,81 @@
+// A sharded checkpoint on disk for the serving suites: the sample network's ONNX graph, a MindSpore
+// JSON pipeline strategy (one device per stage) and rank_<s>/model.safetensors holding only stage s's
+// parameters — what pipeline-parallel training leaves behind — plus the single-device oracle.
+import * as ort from 'onnxruntime-node';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { RankConfig } from '../../core/deployment.js';
+import { buildStageModel } from '../../core/onnx/bind.js';
+import { serializeOnnx } from '../../core/onnx/model.js';
+import { planPipeline } from '../../core/onnx/partition.js';
+import type { SampleNetwork } from '../../core/onnx/sample-networks.js';
+import type { StageWeight } from '../../core/onnx/bind.js';
+import type { ParamLayout, Strategy } from '../../core/strategy/types.js';
+import { strategyToJson } from '../../core/strategy/writer.js';
+import { sessionOptions } from '../../runtime-image/pipeline/stage-session.js';
+
+/** safetensors: u64 LE header length, JSON header, then the tensors' bytes. */
+function safetensors(tensors: Array<[string, StageWeight]>): Buffer {
+  const header: Record<string, unknown> = {};
+  let offset = 0;
+  for (const [name, t] of tensors) {
+    header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
+    offset += t.data.byteLength;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  return Buffer.concat([len, Buffer.from(json), ...tensors.map(([, t]) => Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength))]);
+}
+
+export interface ServeFixture {
+  dir: string;
+  model: string;
+  checkpoint: string;
+  strategy: string;
+  stages: number;
+}
+
+export function writeServeFixture(dir: string, net: SampleNetwork, stages: number): ServeFixture {
+  const stageOf = net.stageOf(stages);
+  const layout = (shape: number[]): ParamLayout => ({
+    devMatrix: [1], tensorMap: shape.map(() => -1), paramSplitShape: [], indicesOffset: [], field: 0, optShardStep: 0, optShardSize: 0, tensorShape: shape,
+  });
+  const strategy: Strategy = { uri: join(dir, 'strategy.json'), stageCount: stages, stageDevices: 1, params: new Map() };
+  for (const [name, w] of net.weights) {
+    const s = stageOf(name) ?? 0;
+    strategy.params.set(name, { name, stages: [s], layoutByStage: new Map([[s, layout(w.shape)]]) });
+  }
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'net.onnx'), serializeOnnx(net.model));
+  writeFileSync(join(dir, 'strategy.json'), strategyToJson(strategy));
+  for (let s = 0; s < stages; s++) {
+    mkdirSync(join(dir, 'ckpt', `rank_${s}`), { recursive: true });
+    const own = [...net.weights].filter(([name]) => (stageOf(name) ?? 0) === s);
+    writeFileSync(join(dir, 'ckpt', `rank_${s}`, 'model.safetensors'), safetensors(own));
+  }
+  return { dir, model: join(dir, 'net.onnx'), checkpoint: join(dir, 'ckpt'), strategy: join(dir, 'strategy.json'), stages };
+}
+
+export function fixtureConfig(f: ServeFixture, ports: { grpc: number; http: number; rank: number }, modelName = 'net'): RankConfig {
+  return {
+    modelName,
+    model: { uri: f.model },
+    checkpoint: { uri: f.checkpoint, strategy: f.strategy },
+    parallelism: { pipelineStages: f.stages, tensorParallel: 1 },
+    serving: { grpcPort: ports.grpc, httpPort: ports.http, rankPort: ports.rank },
+  };
+}
+
+/** onnxruntime on the whole network with every weight bound (the merged single-device model). */
+export async function singleDeviceOutputs(net: SampleNetwork, feeds: Record<string, ort.Tensor>): Promise<Record<string, ort.Tensor>> {
+  const plan = planPipeline(net.model, { stages: 1 });
+  const merged = buildStageModel(net.model, plan, 0, net.weights);
+  const session = await ort.InferenceSession.create(merged, sessionOptions());
+  try {
+    return await session.run(feeds);
+  } finally {
+    await session.release();
+  }
+}
