@@ -1,9 +1,21 @@
 import type { Command } from '../main.js';
 import { indexCommand } from './index-cmd.js';
 import { exportCommand } from './export.js';
+import { inspectCommand } from './inspect.js';
+import { layoutCommand } from './layout.js';
+import { planCommand } from './plan.js';
+import { reshardCommand } from './reshard.js';
+import { mergeCommand } from './merge.js';
+import { operatorCommand } from './operator.js';
 
 // One line per command; each lives in its own file in this folder.
 export const commands: Command[] = [
   indexCommand,
   exportCommand,
+  inspectCommand,
+  layoutCommand,
+  planCommand,
+  reshardCommand,
+  mergeCommand,
+  operatorCommand,
 ];

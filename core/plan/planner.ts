@@ -243,3 +243,24 @@ export function sourceStagesFor(source: Strategy, destination: Destination, rank
   if (stages.size === 0) stages.add(Math.min(stage, source.stageCount - 1));
   return [...stages].sort((a, b) => a - b);
 }
+
+/** The plan as JSON for `shardserve plan --json`: totals, per-file ranges, per-tensor sources. */
+export function planToJson(plan: ReadPlan): unknown {
+  return {
+    rank: plan.rank,
+    stage: plan.stage,
+    readBytes: plan.readBytes,
+    sliceBytes: plan.sliceBytes,
+    files: plan.files.map((f) => ({ rank: f.rank, uri: f.uri, bytes: f.bytes, ranges: f.ranges.map((r) => [r.offset, r.length]) })),
+    tensors: plan.tensors.map((t) => ({
+      name: t.name,
+      dtype: t.dtype,
+      shape: t.shape,
+      fullShape: t.fullShape,
+      offsets: t.box.offsets,
+      bytes: t.byteLength,
+      sourceRanks: [...new Set(t.copies.map((c) => c.rank))],
+    })),
+    notes: plan.notes,
+  };
+}
