@@ -4,11 +4,11 @@ import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { DTYPE_BYTES, type DType } from '../dtype.js';
 import { ShardserveError } from '../errors.js';
-import { encodeCrcTrailer } from '../ckpt/crc.js';
+import { crc32OfZeros, encodeCrcTrailer } from '../ckpt/crc.js';
 import { DTYPE_TO_CKPT } from '../ckpt/dtype.js';
 import { utf32le } from '../ckpt/record-builder.js';
 import { WIRE_LEN, WIRE_VARINT, WireWriter } from '../ckpt/wire.js';
-import { compareCodeUnits } from '../safetensors/reader.js';
+import { compareCodeUnits, scalarAsCount } from '../safetensors/reader.js';
 import type { ByteRange, CheckpointFormat } from './types.js';
 
 export interface TensorSpec {
@@ -125,6 +125,13 @@ export async function createTensorFileWriter(path: string, format: CheckpointFor
           for (const name of [...layout.slots.keys()].sort(compareCodeUnits)) {
             const slot = layout.slots.get(name)!;
             c = crc32(new TextEncoder().encode(name), c);
+            // MindSpore's rule for integer scalars (see safetensorsCrc): `value` zero bytes.
+            const count = slot.spec.shape.length === 0 ? scalarAsCount(slot.spec.dtype, await readAt(h, slot.pieces[0].offset, slot.byteLength)) : undefined;
+            if (count !== undefined) {
+              if (count < 0n) throw new ShardserveError('Unsupported', `${path}: tensor '${name}': MindSpore's crc_num cannot cover a negative integer scalar (${count})`, { file: path, param: name });
+              c = crc32OfZeros(c, count);
+              continue;
+            }
             for (const p of slot.pieces) c = await crcOfFile(h, p.offset, p.length, c);
           }
           await writeFully(h, layout.headerWithCrc(c), 0);
@@ -276,6 +283,17 @@ async function writeFully(h: FileHandle, bytes: Uint8Array, position: number): P
     const { bytesWritten } = await h.write(bytes, done, bytes.length - done, position + done);
     done += bytesWritten;
   }
+}
+
+async function readAt(h: FileHandle, offset: number, length: number): Promise<Uint8Array> {
+  const buf = Buffer.alloc(length);
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await h.read(buf, done, length - done, offset + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return buf;
 }
 
 async function crcOfFile(h: FileHandle, offset: number, length: number, initial = 0): Promise<number> {

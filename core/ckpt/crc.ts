@@ -37,3 +37,35 @@ export function encodeCrcTrailer(crc: number): Uint8Array {
   }
   return out;
 }
+
+/** GF(2) matrix (32 columns) times a vector: the CRC register after a linear step. */
+function gf2Times(mat: Uint32Array, vec: number): number {
+  let sum = 0;
+  for (let i = 0; vec !== 0; i++, vec >>>= 1) if (vec & 1) sum ^= mat[i];
+  return sum >>> 0;
+}
+
+function gf2Square(mat: Uint32Array): Uint32Array {
+  const out = new Uint32Array(32);
+  for (let i = 0; i < 32; i++) out[i] = gf2Times(mat, mat[i]);
+  return out;
+}
+
+/**
+ * CRC-32 (zlib) continued over `count` zero bytes without touching them, in O(log count): feeding a
+ * zero bit is a linear map of the register, so we square its matrix. MindSpore's safetensors
+ * crc_num feeds `value` zero bytes for an integer scalar (see safetensorsCrc), which can be huge.
+ */
+export function crc32OfZeros(crc: number, count: bigint): number {
+  if (count <= 0n) return crc >>> 0;
+  let op: Uint32Array = new Uint32Array(32);
+  op[0] = 0xedb88320;
+  for (let i = 1; i < 32; i++) op[i] = (1 << (i - 1)) >>> 0;
+  for (let i = 0; i < 3; i++) op = gf2Square(op); // one bit → one byte
+  let reg = ~crc >>> 0;
+  for (let n = count; n > 0n; n >>= 1n) {
+    if (n & 1n) reg = gf2Times(op, reg);
+    op = gf2Square(op);
+  }
+  return ~reg >>> 0;
+}

@@ -99,15 +99,28 @@ function decryptSegment(seg: CipherSegment, cipher: Uint8Array, key: Uint8Array,
   const name = cipherName(seg.mode, key, uri);
   const where = `encrypted segment at offset ${seg.fileOffset}`;
   if (seg.mode === 'AES-GCM') {
-    const d = createDecipheriv(name as 'aes-256-gcm', key, seg.iv, { authTagLength: 16 });
-    const out = d.update(cipher);
-    if (seg.legacy) return out; // no tag stored: nothing to authenticate (older MindSpore)
-    d.setAuthTag(seg.tag!);
-    try {
-      return Buffer.concat([out, d.final()]);
-    } catch (e) {
-      throw new ShardserveError('DecryptFailed', `${uri}: ${where}: AES-GCM tag mismatch (wrong key or corrupted file)`, { file: uri, cause: e });
+    // MindSpore stores a 16-byte IV but its OpenSSL GCM context keeps the default 12-byte IV
+    // length, so only the first 12 bytes are used (checked on files MindSpore 2.x wrote); a
+    // 16-byte-IV reading is kept as a fallback for writers that did set the length.
+    const ivs = [seg.iv.subarray(0, 12), seg.iv];
+    if (seg.legacy) {
+      // No tag to tell the IV readings apart: take the one whose plaintext starts like a record
+      // (0x0A) in the first segment, else the 12-byte one.
+      const outs = ivs.map((iv) => createDecipheriv(name as 'aes-256-gcm', key, iv, { authTagLength: 16 }).update(cipher));
+      return outs.find((o) => o[0] === 0x0a) ?? outs[0];
     }
+    let cause: unknown;
+    for (const iv of ivs) {
+      const d = createDecipheriv(name as 'aes-256-gcm', key, iv, { authTagLength: 16 });
+      const out = d.update(cipher);
+      d.setAuthTag(seg.tag!);
+      try {
+        return Buffer.concat([out, d.final()]);
+      } catch (e) {
+        cause = e;
+      }
+    }
+    throw new ShardserveError('DecryptFailed', `${uri}: ${where}: AES-GCM tag mismatch (wrong key or corrupted file)`, { file: uri, cause });
   }
   const d = createDecipheriv(name, key, seg.iv);
   try {

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { readTensorBytes } from '../checkpoint/read.js';
 import type { CheckpointIndex, DecryptionOptions } from '../checkpoint/types.js';
 import { ShardserveError } from '../errors.js';
-import { encodeCrcTrailer } from './crc.js';
+import { crc32OfZeros, encodeCrcTrailer } from './crc.js';
 import { memorySource } from './decrypt.js';
 import { ckptRecord, encryptCkpt, mapTensorRecord, utf32le } from './record-builder.js';
 import { indexCkpt, type IndexCkptOptions } from './reader.js';
@@ -88,6 +88,13 @@ describe('indexCkpt record decoding', () => {
     const long = 'p.'.repeat(3000);
     const ix = await index(Buffer.concat([ckptRecord(long, 'Float32', [2], f32(1, 2)), GLOBAL_STEP]));
     expect(await tensorBytes(ix, long)).toEqual(Buffer.from(f32(1, 2)));
+  });
+});
+
+describe('crc32OfZeros', () => {
+  it.each([0, 1, 5, 255, 4096, 100_003])('equals zlib over %i zero bytes', (n) => {
+    const start = crc32('abc');
+    expect(crc32OfZeros(start, BigInt(n))).toBe(crc32(Buffer.alloc(n), start));
   });
 });
 

@@ -61,7 +61,8 @@ export function encryptCkpt(plain: Uint8Array, key: Uint8Array, mode: Decryption
     const block = plain.subarray(off, off + blockSize);
     const iv = randomBytes(16);
     const name = mode === 'SM4-CBC' ? 'sm4-cbc' : `aes-${key.length * 8}-${mode === 'AES-GCM' ? 'gcm' : 'cbc'}`;
-    const c = createCipheriv(name, key, iv);
+    // MindSpore's GCM uses the first 12 bytes of the stored 16-byte IV (see decrypt.ts).
+    const c = createCipheriv(name, key, mode === 'AES-GCM' ? iv.subarray(0, 12) : iv);
     const cipher = Buffer.concat([c.update(block), c.final()]);
     const head = Buffer.alloc(4);
     head.writeUInt32LE(CIPHER_MAGIC[mode]);

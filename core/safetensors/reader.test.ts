@@ -42,6 +42,15 @@ describe('indexSafetensors', () => {
       .rejects.toThrow(`mem/m.safetensors: CRC check failed: crc_num says ${c + 1}, the data has ${c}`);
   });
 
+  it('follows MindSpore for integer scalars: bytes(0-d int array) is `value` zero bytes', async () => {
+    const step = Buffer.alloc(8);
+    step.writeBigInt64LE(5n);
+    const header = { __metadata__: { format: 'ms', crc_num: '' }, s: { dtype: 'I64', shape: [], data_offsets: [0, 8] }, a: { dtype: 'F32', shape: [2], data_offsets: [8, 16] } };
+    const c = crc32(Buffer.alloc(5), crc32('s', crc32(A, crc32('a'))));
+    header.__metadata__.crc_num = String(c);
+    expect((await index(safetensors(header, Buffer.concat([step, A])), true)).crc).toBe('verified');
+  });
+
   it('notes per-tensor Int4 metadata', async () => {
     const ix = await index(safetensors({ __metadata__: { format: 'ms', q: 'Int4' }, q: { dtype: 'I8', shape: [2], data_offsets: [0, 2] } }, Buffer.from([1, 2])));
     expect(ix.notes).toEqual(["tensor 'q' is Int4 (qint4x2, two values per byte) stored as I8"]);

@@ -4,7 +4,7 @@ import { ShardserveError } from '../errors.js';
 import type { CheckpointIndex, TensorEntry } from '../checkpoint/types.js';
 import type { ByteSource } from '../storage/source.js';
 import type { Storage } from '../storage/storage.js';
-import { crc32OfRange } from '../ckpt/crc.js';
+import { crc32OfRange, crc32OfZeros } from '../ckpt/crc.js';
 
 export interface IndexSafetensorsOptions {
   verifyCrc?: boolean;
@@ -98,15 +98,44 @@ export async function indexSafetensors(source: ByteSource, opts: IndexSafetensor
   return { format: 'safetensors', source, tensors, strings: new Map(), notes, crc, encryption: 'none', metadata };
 }
 
-/** MindSpore's safetensors crc_num: CRC-32 over utf8(name) then the tensor bytes, names sorted. */
+/**
+ * MindSpore's safetensors crc_num: CRC-32 over utf8(name) then `bytes(array)` for each name in
+ * sorted order. Python's `bytes()` of a 0-d integer numpy array is not its data but `value` zero
+ * bytes (the array is taken as a count), so integer scalars contribute that (checked against files
+ * MindSpore 2.x wrote); a negative integer scalar makes MindSpore itself fail.
+ */
 export async function safetensorsCrc(source: ByteSource, tensors: Map<string, TensorEntry>): Promise<number> {
   let c = 0;
   for (const name of [...tensors.keys()].sort(compareCodeUnits)) {
     const e = tensors.get(name)!;
     c = crc32(new TextEncoder().encode(name), c);
+    const count = e.shape.length === 0 ? scalarAsCount(e.dtype, await source.read(e.pieces[0].offset, e.byteLength)) : undefined;
+    if (count !== undefined) {
+      if (count < 0n) {
+        throw new ShardserveError('CrcMismatch', `${source.uri}: tensor '${name}': negative integer scalar ${count} cannot be covered by MindSpore's crc_num`, { file: source.uri, param: name });
+      }
+      c = crc32OfZeros(c, count);
+      continue;
+    }
     for (const p of e.pieces) c = await crc32OfRange(source, p.offset, p.length, c);
   }
   return c;
+}
+
+/** The value of an integer scalar (what Python's bytes() takes as a count), else undefined. */
+export function scalarAsCount(dtype: DType, bytes: Uint8Array): bigint | undefined {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  switch (dtype) {
+    case 'I8': return BigInt(dv.getInt8(0));
+    case 'U8': return BigInt(dv.getUint8(0));
+    case 'I16': return BigInt(dv.getInt16(0, true));
+    case 'U16': return BigInt(dv.getUint16(0, true));
+    case 'I32': return BigInt(dv.getInt32(0, true));
+    case 'U32': return BigInt(dv.getUint32(0, true));
+    case 'I64': return dv.getBigInt64(0, true);
+    case 'U64': return dv.getBigUint64(0, true);
+    default: return undefined;
+  }
 }
 
 /** Python's default string order (by code point) for BMP names; what `sorted()` gives MindSpore. */
