@@ -2,7 +2,8 @@
 checkpoint and parallel strategy as pipeline training on 4 devices (2 stages x 2-way tensor
 parallel) leaves them, and a sample request with the expected answer.
 
-Run it with the test-bed venv (see test/harness/python.ts):  python examples/make_example.py [out_dir]
+Run it with the test-bed venv (see test/harness/python.ts):  python examples/make_example.py [out_dir] [--keep-full]
+(--keep-full also writes net_full.onnx, MindSpore's export with its weights, for tests; it is not committed.)
 Everything it writes is deterministic (fixed seeds), small, and committed, so the demo needs no Python.
 
 What MindSpore makes here:
@@ -124,7 +125,7 @@ def strategy_file(stage, param_names):
     return sm.SerializeToString()
 
 
-def main(out_dir):
+def main(out_dir, keep_full=False):
     import onnx
     import onnxruntime as ort
 
@@ -158,6 +159,8 @@ def main(out_dir):
         output_name = session.get_outputs()[0].name
         expected = session.run(None, {input_name: x})[0]
 
+        if keep_full:
+            shutil.copyfile(full_path, os.path.join(out_dir, "net_full.onnx"))  # with the weights; not committed
         graph = onnx.load(full_path)
         for init in graph.graph.initializer:
             if init.name in weights:
@@ -239,4 +242,5 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    main(os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))))
+    args = [a for a in sys.argv[1:] if a != "--keep-full"]
+    main(os.path.abspath(args[0] if args else os.path.dirname(os.path.abspath(__file__))), keep_full="--keep-full" in sys.argv)

@@ -371,5 +371,7 @@ export function extractStageModel(model: OnnxModel, plan: PipelinePlan, stage: n
   if (valueInfo.length) stageGraph.valueInfo = valueInfo;
   if (graph.docString) stageGraph.docString = graph.docString;
   const out: OnnxModel = { ...model, graph: stageGraph };
+  // IR < 4 wants every initializer listed as a graph input; a stage lists only its real inputs.
+  if (out.irVersion !== undefined && out.irVersion < 4) out.irVersion = 4;
   return out;
 }

@@ -6,6 +6,9 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import ort from 'onnxruntime-node';
+import { parseOnnx, serializeOnnx } from '../../core/onnx/model.js';
+import { runModel, tensorBytes } from '../../core/onnx/ort-run.js';
 import { ensurePythonVenv, runPython } from '../harness/python.js';
 
 const examples = resolve(import.meta.dirname, '../../examples');
@@ -26,7 +29,7 @@ describe('examples/make_example.py with real MindSpore', () => {
 
   beforeAll(async () => {
     await ensurePythonVenv();
-    const { stdout } = await runPython(join(examples, 'make_example.py'), [tmp], { timeoutMs: 10 * 60_000 });
+    const { stdout } = await runPython(join(examples, 'make_example.py'), [tmp, '--keep-full'], { timeoutMs: 10 * 60_000 });
     report = JSON.parse(stdout.trim().split('\n').pop()!);
   }, 15 * 60_000);
 
@@ -44,6 +47,16 @@ describe('examples/make_example.py with real MindSpore', () => {
     for (const file of committed) {
       expect(readFileSync(join(tmp, file)).equals(readFileSync(join(examples, file))), `${file} differs from what MindSpore makes now`).toBe(true);
     }
+  });
+
+  it('parses and re-serializes MindSpore\'s ONNX export (with weights) byte for byte, and onnxruntime-node computes the expected answer from it', async () => {
+    const bytes = readFileSync(join(tmp, 'net_full.onnx'));
+    const again = serializeOnnx(parseOnnx(bytes));
+    expect(Buffer.from(again).equals(bytes)).toBe(true);
+    const sample = JSON.parse(readFileSync(join(tmp, 'sample.json'), 'utf8'));
+    const feeds = { x: new ort.Tensor('float32', Float32Array.from(sample.inputs[0].data), sample.inputs[0].shape) };
+    const got = await runModel(again, feeds);
+    expect(Buffer.from(tensorBytes(got[report.output])).equals(Buffer.from(Float32Array.from(sample.expected_outputs[0].data).buffer))).toBe(true);
   });
 
   it('MindSpore itself and onnxruntime on its ONNX export agree to float32 rounding', () => {
