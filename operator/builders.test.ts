@@ -1,12 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import {
-  ANNOTATION_APPLIED, clientService, configMap, frontDoorSlice, groupStatefulSet, headlessService, rankConfig, revision, shortHash,
+  ANNOTATION_APPLIED, clientService, configMap, frontDoorSlice, groupStatefulSet, headlessService, rankConfig, revision, shortHash, type K8sObject,
 } from './builders.js';
 import { resource } from './testing/wrappers.js';
 
 const owner = { apiVersion: 'inference.shardserve.io/v1alpha1', kind: 'DistributedInference', name: 'llm', uid: 'uid-llm', controller: true, blockOwnerDeletion: true };
 const labels = { 'app.kubernetes.io/name': 'shardserve', 'app.kubernetes.io/instance': 'llm', 'app.kubernetes.io/managed-by': 'shardserve-operator', 'inference.shardserve.io/name': 'llm' };
-const stripHash = <T extends { metadata: { annotations?: Record<string, string> } }>(o: T) => {
+const stripHash = (o: K8sObject) => {
   const { [ANNOTATION_APPLIED]: h, ...rest } = o.metadata.annotations ?? {};
   expect(h).toMatch(/^[0-9a-f]{10}$/);
   return { ...o, metadata: { ...o.metadata, annotations: Object.keys(rest).length ? rest : undefined } };
