@@ -1,4 +1,6 @@
 import type { Command } from '../main.js';
+import { rankCommand } from './rank.js';
+import { upCommand } from './up.js';
 import { indexCommand } from './index-cmd.js';
 import { exportCommand } from './export.js';
 import { inspectCommand } from './inspect.js';
@@ -10,6 +12,8 @@ import { operatorCommand } from './operator.js';
 
 // One line per command; each lives in its own file in this folder.
 export const commands: Command[] = [
+  upCommand,
+  rankCommand,
   indexCommand,
   exportCommand,
   inspectCommand,

@@ -1,0 +1,87 @@
+import { parseArgs } from 'node:util';
+import { ShardserveError } from '../../core/errors.js';
+import { LocalGroup, progressDisplay, upConfig } from '../../runtime-image/up.js';
+import type { Command } from '../main.js';
+
+const usage = `Usage: shardserve up --model <net.onnx> --checkpoint <dir|uri> --strategy <file|dir>
+                     [--world N --stages P --tp T] [--port 8001 --http-port 8000]
+                     [--rank-port 7000] [--name NAME] [--cut-tensors a,b] [--ready-timeout SECONDS]
+
+Runs every rank of the layout as a local process (loopback ports), shows their loading progress,
+restarts a rank that dies, and serves the Open Inference Protocol from rank 0: gRPC on --port,
+REST on --http-port (/v2/..., /healthz, /readyz, /metrics). Rank k's stage-to-stage port is
+--rank-port + k. Ctrl-C or SIGTERM drains requests in flight and stops every rank.
+Stages default to the strategy's pipeline stage count; tensor parallel (--tp) must be 1 for now.
+`;
+
+function int(value: string | undefined, flag: string, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d+$/.test(value) || Number(value) < min) throw new ShardserveError('Usage', `${flag} must be an integer ≥ ${min}, got '${value}'`);
+  return Number(value);
+}
+
+export function parseUpFlags(argv: string[]) {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        model: { type: 'string' }, checkpoint: { type: 'string' }, strategy: { type: 'string' },
+        world: { type: 'string' }, stages: { type: 'string' }, tp: { type: 'string' },
+        port: { type: 'string' }, 'http-port': { type: 'string' }, 'rank-port': { type: 'string' },
+        name: { type: 'string' }, 'cut-tensors': { type: 'string' }, 'ready-timeout': { type: 'string' },
+      },
+      strict: true,
+    }));
+  } catch (e) {
+    throw new ShardserveError('Usage', (e as Error).message.split('\n')[0]);
+  }
+  for (const f of ['model', 'checkpoint', 'strategy'] as const) {
+    if (!values[f]) throw new ShardserveError('Usage', `--${f} is required`);
+  }
+  return {
+    model: values.model!, checkpoint: values.checkpoint!, strategy: values.strategy!,
+    world: int(values.world, '--world', 1), stages: int(values.stages, '--stages', 1), tp: int(values.tp, '--tp', 1),
+    grpcPort: int(values.port, '--port', 0) ?? 8001,
+    httpPort: int(values['http-port'], '--http-port', 0) ?? 8000,
+    rankPort: int(values['rank-port'], '--rank-port', 1) ?? 7000,
+    modelName: values.name ?? 'model',
+    cutTensors: values['cut-tensors']?.split(',').map((s) => s.trim()).filter(Boolean),
+    readyTimeoutMs: (int(values['ready-timeout'], '--ready-timeout', 1) ?? 600) * 1000,
+  };
+}
+
+export const upCommand: Command = {
+  name: 'up',
+  summary: 'run every rank as a local process plus the OIP front door (no cluster)',
+  usage,
+  async run(argv) {
+    const flags = parseUpFlags(argv);
+    const config = await upConfig(flags);
+    const group = new LocalGroup({ config });
+    const display = progressDisplay(group);
+    let signalled = false;
+    const stop = new Promise<void>((resolve) => {
+      const on = () => {
+        signalled = true;
+        resolve();
+      };
+      process.once('SIGINT', on);
+      process.once('SIGTERM', on);
+    });
+    group.start();
+    try {
+      await Promise.race([group.waitReady(flags.readyTimeoutMs, () => display.tick()), stop]);
+      if (!signalled) {
+        display.tick();
+        const { grpcPort, httpPort } = config.serving;
+        process.stderr.write(`serving model '${config.modelName}' on ${config.parallelism.pipelineStages} stage(s): OIP gRPC 127.0.0.1:${grpcPort}, REST http://127.0.0.1:${httpPort}/v2/models/${config.modelName} (Ctrl-C to stop)\n`);
+        await Promise.race([stop, group.failed]);
+      }
+    } finally {
+      process.stderr.write('stopping: draining requests in flight\n');
+      await group.stop();
+    }
+    return 0;
+  },
+};
