@@ -86,6 +86,20 @@ describe('buildStageModel', () => {
     expect(parseOnnx(buildStageModel(net.model, plan2, 1, w)).graph!.initializer).toHaveLength(4);
   });
 
+  it('replaces parameters whose source data is in external files, and refuses constants that are', () => {
+    const model = structuredClone(net.model);
+    for (const t of model.graph!.initializer!) {
+      delete t.rawData;
+      t.dataLocation = 1;
+      t.externalData = [{ key: 'location', value: 'weights.bin' }];
+    }
+    const bound = parseOnnx(buildStageModel(model, plan2, 1, net.weights)).graph!.initializer!;
+    expect(bound.every((t) => t.dataLocation === undefined && t.rawData!.byteLength > 0)).toBe(true);
+    const constantPlan = planPipeline(model, { stages: 1 }); // no strategy: nothing is known to be a parameter
+    expectError(() => buildStageModel(model, constantPlan, 0, new Map()), 'MissingWeight',
+      "model.onnx: initializer 'layers.0.weight' keeps its data in an external file of the source model and no checkpoint weight replaces it", 'layers.0.weight');
+  });
+
   it('refuses to embed weights past the threshold without an external-data directory', () => {
     expect(() => buildStageModel(net.model, plan2, 0, net.weights, { externalDataThreshold: 1000 }))
       .toThrow('model.onnx: stage 0 weights take 6400 bytes, over the 1000-byte limit for one ONNX protobuf; give externalDataDir so they go to an external-data file');
