@@ -96,6 +96,11 @@ export function stageOfInitializerFrom(strategy: Strategy, parameterNames: Recor
   };
 }
 
+/** Initializer names of parameters the strategy places in several stages (tied weights). */
+export function sharedParametersFrom(strategy: Strategy, parameterNames: Record<string, string> = {}): string[] {
+  return [...strategy.params.values()].filter((p) => p.stages.length > 1).map((p) => parameterNames[p.name] ?? p.name);
+}
+
 function writeAtomically(path: string, bytes: Uint8Array): void {
   const temp = `${path}.${process.pid}.tmp`;
   try {
@@ -118,6 +123,7 @@ export async function exportRankModels(opts: ExportOptions): Promise<ExportResul
   const plan = planPipeline(model, {
     stages: layout.stages,
     stageOfInitializer: stageOfInitializerFrom(strategy, opts.parameterNames),
+    sharedParameters: sharedParametersFrom(strategy, opts.parameterNames),
     cutTensors: layout.stages > 1 ? opts.cutTensors : undefined,
     uri: opts.model,
   });

@@ -112,6 +112,18 @@ describe('planPipeline by parameter stages', () => {
       "node 'Sum_0' (Sum) reads parameters of two stages: 'a' (stage 0) and 'b' (stage 1); a node must run in one stage");
   });
 
+  it('lets a tied parameter pin nothing but be required by every stage that reads it', () => {
+    // A shared embedding E: looked up in stage 0, reused (transposed) as the output projection in stage 1.
+    const g = new GraphBuilder('tied').input('ids', 'I64', [4])
+      .initializer('E', 'F32', [10, 8], new Float32Array(80))
+      .initializer('w0', 'F32', [8, 8], new Float32Array(64)).initializer('w1', 'F32', [8, 8], new Float32Array(64))
+      .node('Gather', ['E', 'ids'], ['emb']).node('MatMul', ['emb', 'w0'], ['h0']).node('MatMul', ['h0', 'w1'], ['h1'])
+      .node('Transpose', ['E'], ['Et']).node('MatMul', ['h1', 'Et'], ['logits']).output('logits', 'F32', [4, 10]);
+    const plan = planPipeline(g.model(), { stages: 2, stageOfInitializer: (n) => ({ w0: 0, w1: 1 })[n], sharedParameters: ['E'] });
+    expect(io(plan)).toEqual(['ids -> h0', 'h0 -> logits']);
+    expect(plan.stages.map((s) => s.parameters)).toEqual([['E', 'w0'], ['E', 'w1']]);
+  });
+
   it('asks for value_info when a crossing tensor has no inferable type', () => {
     const g = new GraphBuilder('custom').input('x', 'F32', [2])
       .initializer('a', 'F32', [2], new Float32Array(2)).initializer('b', 'F32', [2], new Float32Array(2))

@@ -59,6 +59,11 @@ export interface PlanPipelineOptions {
   stageOfInitializer?: (name: string) => number | undefined;
   /** One tensor per boundary: cutTensors[k] is the last tensor of stage k. Takes precedence over parameter stages. */
   cutTensors?: string[];
+  /**
+   * Parameters used in several stages (tied weights such as a shared embedding): they pin no node to a
+   * stage, but every stage that reads one lists it in `parameters`, so its weight is required there.
+   */
+  sharedParameters?: string[];
   /** Names the model in error messages. */
   uri?: string;
 }
@@ -322,7 +327,8 @@ export function planPipeline(model: OnnxModel, opts: PlanPipelineOptions): Pipel
   for (const i of order) for (const o of nodes[i].output ?? []) if (o) carriedOrder.push(o);
   const boundary = (k: number): string[] => carriedOrder.filter((t) => (producedIn.get(t) ?? Infinity) <= k && (neededUntil.get(t) ?? -1) > k);
 
-  const parameterOf = (name: string) => parameterStage.has(name);
+  const shared = new Set(opts.sharedParameters ?? []);
+  const parameterOf = (name: string) => parameterStage.has(name) || shared.has(name);
   const modelInputs = graphInputs.map((i) => stageTensor(i.name!, -1, 0));
   const modelOutputs = graphOutputs.map((o) => stageTensor(o.name!, producedIn.get(o.name!) ?? 0, P - 1));
   const stages: PipelineStage[] = [];
