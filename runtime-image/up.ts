@@ -21,10 +21,12 @@ export interface UpOptions {
 /** The rank configuration `up` hands every local rank, with the layout checked against the strategy. */
 export async function upConfig(o: UpOptions): Promise<RankConfig> {
   const tp = o.tp ?? 1;
+  const trained = (await loadStrategy(o.strategy)).stageCount;
   let stages = o.stages;
-  if (stages === undefined) {
-    if (o.world !== undefined) stages = o.world / tp;
-    else stages = (await loadStrategy(o.strategy)).stageCount;
+  if (stages === undefined) stages = o.world !== undefined ? o.world / tp : trained;
+  // Checked here too (every rank checks it again) so a wrong layout fails before any process starts.
+  if (!o.cutTensors?.length && trained > 1 && stages !== trained) {
+    throw new ShardserveError('LayoutMismatch', `strategy has ${trained} stages, spec asks for ${stages} (${o.strategy})`);
   }
   if (!Number.isInteger(stages) || stages < 1) throw new ShardserveError('Usage', `--world ${o.world} is not a multiple of --tp ${tp}`);
   const world = o.world ?? stages * tp;

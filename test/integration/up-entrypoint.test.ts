@@ -1,0 +1,117 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { afterAll, describe, expect, it } from 'vitest';
+import { mlpNetwork } from '../../core/onnx/sample-networks.js';
+import { call, oipClient } from './serve-client.js';
+import { fixtureConfig, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
+import { bytesOf, freePortBlock, freePorts } from './serve-models.js';
+
+// The container entrypoint (`shardserve rank` with the pod environment) and the image definition.
+const ROOT = join(import.meta.dirname, '..', '..');
+const children: ChildProcess[] = [];
+afterAll(() => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+});
+
+function runCli(args: string[], env: NodeJS.ProcessEnv) {
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'shardserve.mjs'), ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  child.stderr!.on('data', (d) => (output += d));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, exited, output: () => output };
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    if (await check().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('runtime-image/Dockerfile', () => {
+  const text = readFileSync(join(ROOT, 'runtime-image', 'Dockerfile'), 'utf8');
+  const final = text.slice(text.lastIndexOf('\nFROM '));
+  it('runs as a numeric non-root user in the final stage', () => {
+    const user = /^USER\s+(\S+)/m.exec(final)?.[1];
+    expect(user).toMatch(/^[1-9]\d*(:\d+)?$/);
+  });
+  it('has `shardserve rank` as its entrypoint and a small Node 20 base', () => {
+    expect(/^ENTRYPOINT\s+(.*)$/m.exec(final)?.[1]).toBe('["shardserve", "rank"]');
+    expect(final).toMatch(/^FROM node:20-[a-z-]*slim/m);
+    expect(text).toMatch(/npm ci --omit=dev/);
+  });
+  it('keeps every write under /tmp (read-only root filesystem)', () => {
+    expect(final).toMatch(/TMPDIR=\/tmp/);
+    expect(final).toMatch(/HOME=\/tmp/);
+    expect(final).toMatch(/SHARDSERVE_WORK_DIR=\/tmp/);
+  });
+});
+
+describe('shardserve rank (the entrypoint command) with the pod environment', () => {
+  it('loads, serves the OIP front door with the merged model\'s exact outputs, and drains on SIGTERM', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rank-entry-'));
+    const net = mlpNetwork();
+    const fixture = writeServeFixture(join(dir, 'fixture'), net, 1);
+    const [grpc, http] = await freePorts(2);
+    const rank = await freePortBlock(1);
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(fixtureConfig(fixture, { grpc, http, rank })));
+    const proc = runCli(['rank'], {
+      SHARDSERVE_RANK: '0', SHARDSERVE_GROUP: '0', SHARDSERVE_WORLD_SIZE: '1', SHARDSERVE_PIPELINE_STAGES: '1', SHARDSERVE_TENSOR_PARALLEL: '1',
+      SHARDSERVE_PEERS: '127.0.0.1:{port}', SHARDSERVE_CONFIG: join(dir, 'config.json'), SHARDSERVE_BIND_HOST: '127.0.0.1',
+      TMPDIR: dir,
+    });
+    await waitFor('/readyz', async () => (await fetch(`http://127.0.0.1:${http}/readyz`)).status === 200, 60_000);
+    const input = net.sampleInput(2).x;
+    const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) });
+    const client = oipClient(`127.0.0.1:${grpc}`);
+    const res = await call(client, 'ModelInfer', { model_name: 'net', inputs: [{ name: 'x', datatype: 'FP32', shape: input.dims }], raw_input_contents: [Buffer.from(input.data.buffer)] });
+    client.close();
+    expect(Buffer.compare(res.raw_output_contents[0], bytesOf(expected.y))).toBe(0);
+    proc.child.kill('SIGTERM');
+    expect(await proc.exited).toBe(0);
+    expect(proc.output()).toMatch(/rank 0: draining \(received SIGTERM\)/);
+  }, 90_000);
+
+  it('writes a stage-count mismatch to the termination log and exits 1', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rank-entry-'));
+    const fixture = writeServeFixture(join(dir, 'fixture'), mlpNetwork(), 4);
+    const [grpc, http] = await freePorts(2);
+    const rank = await freePortBlock(2);
+    const config = { ...fixtureConfig(fixture, { grpc, http, rank }), parallelism: { pipelineStages: 2, tensorParallel: 1 } };
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+    const log = join(dir, 'termination-log');
+    const proc = runCli(['rank'], {
+      SHARDSERVE_RANK: '1', SHARDSERVE_WORLD_SIZE: '2', SHARDSERVE_PIPELINE_STAGES: '2', SHARDSERVE_TENSOR_PARALLEL: '1',
+      SHARDSERVE_PEERS: '127.0.0.1:{port}', SHARDSERVE_CONFIG: join(dir, 'config.json'), SHARDSERVE_BIND_HOST: '127.0.0.1',
+      SHARDSERVE_TERMINATION_LOG: log,
+    });
+    expect(await proc.exited).toBe(1);
+    expect(readFileSync(log, 'utf8').trim()).toBe('strategy has 4 stages, spec asks for 2');
+    expect(proc.output()).toMatch(/shardserve rank: strategy has 4 stages, spec asks for 2/);
+  }, 60_000);
+
+  const envCases: Array<[string, NodeJS.ProcessEnv, RegExp]> = [
+    ['tensor parallel > 1', { SHARDSERVE_WORLD_SIZE: '2', SHARDSERVE_PIPELINE_STAGES: '1', SHARDSERVE_TENSOR_PARALLEL: '2' }, /SHARDSERVE_TENSOR_PARALLEL=2: tensor-parallel stages are not supported yet \(expected 1\)/],
+    ['a world that is not stages × tp', { SHARDSERVE_WORLD_SIZE: '3', SHARDSERVE_PIPELINE_STAGES: '2', SHARDSERVE_TENSOR_PARALLEL: '1' }, /SHARDSERVE_WORLD_SIZE=3 must equal SHARDSERVE_PIPELINE_STAGES \(2\) × SHARDSERVE_TENSOR_PARALLEL \(1\)/],
+    ['a rank outside the world', { SHARDSERVE_RANK: '5' }, /SHARDSERVE_RANK=5 is outside the world of 2 ranks/],
+    ['no configuration path', { SHARDSERVE_CONFIG: '' }, /SHARDSERVE_CONFIG is not set/],
+    ['a missing configuration file', { SHARDSERVE_CONFIG: '/nonexistent/config.json' }, /\/nonexistent\/config.json: cannot read the rank configuration/],
+  ];
+  for (const [name, env, message] of envCases) {
+    it(`refuses ${name} with a one-line error`, async () => {
+      const proc = runCli(['rank'], {
+        SHARDSERVE_RANK: '0', SHARDSERVE_WORLD_SIZE: '2', SHARDSERVE_PIPELINE_STAGES: '2', SHARDSERVE_TENSOR_PARALLEL: '1',
+        SHARDSERVE_PEERS: '127.0.0.1:{port}', SHARDSERVE_CONFIG: '/nonexistent/config.json', ...env,
+      });
+      expect(await proc.exited).not.toBe(0);
+      expect(proc.output().trim().split('\n').filter((l) => !l.startsWith('npm warn'))).toEqual([expect.stringMatching(message)]);
+    }, 30_000);
+  }
+});
