@@ -70,6 +70,22 @@ describe('planPipeline by parameter stages', () => {
     expect(stageOfOutput('blocks.1.scaled')).toBe(2);
   });
 
+  it('orders nodes topologically when the file lists them out of order', () => {
+    const net = mlpNetwork();
+    const model = structuredClone(net.model);
+    model.graph!.node!.reverse();
+    const plan = planPipeline(model, { stages: 2, stageOfInitializer: net.stageOf(2) });
+    expect(io(plan)).toEqual(['x -> act1', 'act1 -> y']);
+    const nodes = model.graph!.node!;
+    for (const s of plan.stages) {
+      const seen = new Set(s.inputs.map((t) => t.name).concat(s.initializers));
+      for (const i of s.nodes) {
+        for (const input of nodes[i].input!) expect(seen.has(input), `${input} before ${nodes[i].name}`).toBe(true);
+        for (const o of nodes[i].output!) seen.add(o);
+      }
+    }
+  });
+
   it('gives every stage a topological, contiguous block of nodes covering the graph once', () => {
     const net = transformerNetwork();
     const plan = planPipeline(net.model, { stages: 2, stageOfInitializer: net.stageOf(2) });
