@@ -1,0 +1,116 @@
+import { status } from '@grpc/grpc-js';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mlpNetwork } from '../../core/onnx/sample-networks.js';
+import { LocalGroup } from '../../runtime-image/local-group.js';
+import { call, oipClient, type OipClient } from './serve-client.js';
+import { fixtureConfig, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
+import { bytesOf, freePortBlock, freePorts } from './serve-models.js';
+
+// Real rank processes under `shardserve up`'s supervisor. The network is big enough (tens of ms per
+// request) that requests really are in flight inside a stage when it is killed.
+const net = mlpNetwork([256, 1024, 1024, 1024, 16]);
+const BATCH = 32;
+const input = net.sampleInput(BATCH).x;
+const request = () => ({ model_name: 'net', inputs: [{ name: 'x', datatype: 'FP32', shape: input.dims }], raw_input_contents: [Buffer.from(input.data.buffer)] });
+const DEADLINE_MS = 8_000;
+
+let group: LocalGroup;
+let client: OipClient;
+let httpBase: string;
+let expected: Buffer;
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<number> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < timeoutMs) {
+    if (await check().catch(() => false)) return Date.now() - t0;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+const readyz = async () => (await fetch(`${httpBase}/readyz`, { signal: AbortSignal.timeout(1000) })).status;
+
+beforeAll(async () => {
+  const fixture = writeServeFixture(mkdtempSync(join(tmpdir(), 'faults-')), net, 2);
+  const [grpc, http] = await freePorts(2);
+  const rank = await freePortBlock(2);
+  httpBase = `http://127.0.0.1:${http}`;
+  group = new LocalGroup({ config: fixtureConfig(fixture, { grpc, http, rank }), log: () => {} });
+  group.start();
+  await group.waitReady(120_000);
+  client = oipClient(`127.0.0.1:${grpc}`);
+  expected = bytesOf((await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) })).y);
+}, 180_000);
+
+afterAll(async () => {
+  client?.close();
+  await group?.stop(5_000);
+});
+
+describe('a stage process dies with requests in flight', () => {
+  it('fails those requests fast with UNAVAILABLE, drops readiness, restarts the rank and serves again', async () => {
+    // Keep 8 requests in flight continuously; kill the last stage in the middle.
+    const outcomes: Array<{ ok: boolean; code?: number; details?: string; ms: number; bitwise?: boolean }> = [];
+    let running = true;
+    const worker = async () => {
+      while (running) {
+        const t0 = Date.now();
+        try {
+          const r = await call(client, 'ModelInfer', request(), DEADLINE_MS);
+          outcomes.push({ ok: true, ms: Date.now() - t0, bitwise: Buffer.compare(r.raw_output_contents[0], expected) === 0 });
+        } catch (e: any) {
+          outcomes.push({ ok: false, code: e.code, details: e.details, ms: Date.now() - t0 });
+          if (outcomes.filter((o) => !o.ok).length > 50) await new Promise((r) => setTimeout(r, 20));
+        }
+      }
+    };
+    const workers = Array.from({ length: 8 }, worker);
+    await waitFor('some successful requests', async () => outcomes.filter((o) => o.ok).length >= 8, 30_000);
+    const okBefore = outcomes.length;
+    const victim = group.pid(1)!;
+    process.kill(victim, 'SIGKILL');
+    const dropMs = await waitFor('readiness to drop', async () => (await readyz()) === 503, 5_000);
+    await waitFor('readiness to return after the restart', async () => (await readyz()) === 200, 120_000);
+    expect(group.pid(1)).not.toBe(victim);
+    running = false;
+    await Promise.all(workers);
+
+    const failures = outcomes.slice(okBefore).filter((o) => !o.ok);
+    expect(failures.length, 'requests in flight during the kill must fail').toBeGreaterThan(0);
+    for (const f of failures) {
+      expect({ code: f.code, details: f.details }).toMatchObject({ code: status.UNAVAILABLE, details: expect.stringMatching(/stage 1 .*(unreachable|not connected)|not ready/) });
+      expect(f.ms, 'no request waits for a dead stage until its deadline').toBeLessThan(DEADLINE_MS / 2);
+    }
+    expect(dropMs).toBeLessThan(5_000);
+    for (const o of outcomes.filter((x) => x.ok)) expect(o.bitwise).toBe(true);
+
+    // Healed: requests succeed again with the exact result.
+    for (let i = 0; i < 5; i++) {
+      const r = await call(client, 'ModelInfer', request(), DEADLINE_MS);
+      expect(Buffer.compare(r.raw_output_contents[0], expected)).toBe(0);
+    }
+  }, 180_000);
+});
+
+describe('SIGTERM', () => {
+  it('drains: requests already in flight finish with their results, then every rank exits', async () => {
+    const inflight = Array.from({ length: 12 }, () => call(client, 'ModelInfer', request(), 30_000).then(
+      (r) => ({ ok: true, bitwise: Buffer.compare(r.raw_output_contents[0], expected) === 0 }),
+      (e) => ({ ok: false, code: e.code, details: e.details }),
+    ));
+    // Let them reach the server (they queue on the stage sessions), then stop the group.
+    await new Promise((r) => setTimeout(r, 150));
+    const metrics = await (await fetch(`${httpBase}/metrics`)).text();
+    const queued = Number(/^shardserve_inflight_requests\{[^}]*\} (\d+)/m.exec(metrics)?.[1]);
+    expect(queued, 'requests must be in flight when SIGTERM arrives').toBeGreaterThan(0);
+    const pids = [group.pid(0)!, group.pid(1)!];
+    const stopped = group.stop(30_000);
+    const results = await Promise.all(inflight);
+    await stopped;
+    expect(results).toEqual(results.map(() => ({ ok: true, bitwise: true })));
+    for (const pid of pids) expect(() => process.kill(pid, 0)).toThrow();
+  }, 120_000);
+});
