@@ -33,6 +33,23 @@ describe('parseOnnx / serializeOnnx', () => {
     expect(Buffer.from(serializeOnnx(parseOnnx(bytes))).equals(Buffer.from(bytes))).toBe(true);
   });
 
+  it('writes weights and every field around them in place (fields before and after raw_data, graph and model)', () => {
+    const model = smallModel();
+    const w = model.graph!.initializer![0];
+    w.docString = 'weights';
+    w.metadataProps = [{ key: 'origin', value: 'ckpt' }];
+    model.graph!.initializer!.push({ name: 'c', dims: [2], dataType: 1, floatData: [1.5, -2] });
+    model.graph!.valueInfo = [{ name: 'h', type: { tensorType: { elemType: 1 } } }];
+    model.graph!.docString = 'graph doc';
+    model.metadataProps = [{ key: 'k', value: 'v' }];
+    model.docString = 'model doc';
+    const bytes = serializeOnnx(model);
+    const parsed = parseOnnx(bytes);
+    const withoutData = (m: object) => JSON.parse(JSON.stringify(m, (k, v) => (k === 'rawData' ? Buffer.from(v).toString('hex') : v)));
+    expect(withoutData(parsed)).toEqual(withoutData(model));
+    expect(Buffer.from(serializeOnnx(parsed)).equals(Buffer.from(bytes))).toBe(true);
+  });
+
   it('keeps int64 attribute values that a double cannot hold, as decimal strings', () => {
     const model = new GraphBuilder('ints').input('x', 'F32', [2]).node('Identity', ['x'], ['y']).output('y', 'F32', [2]).model();
     model.graph!.node![0].attribute = [{ name: 'big', type: 7, ints: ['9223372036854775807', '-9223372036854775808', '1152921504606846977', 5] }];

@@ -216,9 +216,72 @@ export function parseOnnx(bytes: Uint8Array, uri = 'model.onnx'): OnnxModel {
 
 /** Serialize a model to ONNX bytes (any plain object shaped like OnnxModel). */
 export function serializeOnnx(model: OnnxModel): Uint8Array {
-  const type = modelProtoType();
-  const message = type.fromObject(model as Record<string, unknown>);
-  return type.encode(message).finish();
+  // protobufjs copies every bytes field several times while growing its buffer (about 1 s per 100 MB).
+  // Weights are almost all of a model, so the initializers' raw_data are laid out by hand: everything
+  // else is encoded by protobufjs in pieces, in field-number order (the bytes are the same as encoding
+  // the whole message at once), and each weight is copied once into one buffer of the final size.
+  const graph = model.graph;
+  if (!graph?.initializer?.some((t) => t.rawData && t.rawData.byteLength > 0)) return encodeWhole('onnx.ModelProto', model);
+  const chunks: Uint8Array[] = [];
+  const modelLo = encodeFields('onnx.ModelProto', model, (id) => id < 7);
+  const modelHi = encodeFields('onnx.ModelProto', model, (id) => id > 7);
+  const graphLo = encodeFields('onnx.GraphProto', graph, (id) => id < 5);
+  const graphHi = encodeFields('onnx.GraphProto', graph, (id) => id > 5);
+  const tensorChunks: Uint8Array[][] = graph.initializer.map((t) => {
+    if (!t.rawData) return [encodeWhole('onnx.TensorProto', t)];
+    return [
+      encodeFields('onnx.TensorProto', t, (id) => id < 9),
+      lengthDelimited(9, t.rawData.byteLength),
+      t.rawData,
+      encodeFields('onnx.TensorProto', t, (id) => id > 9),
+    ];
+  });
+  const size = (list: Uint8Array[]) => list.reduce((a, c) => a + c.byteLength, 0);
+  let graphSize = graphLo.byteLength + graphHi.byteLength;
+  const tensorSizes = tensorChunks.map(size);
+  for (const n of tensorSizes) graphSize += lengthDelimited(5, n).byteLength + n;
+  chunks.push(modelLo, lengthDelimited(7, graphSize), graphLo);
+  tensorChunks.forEach((parts, i) => chunks.push(lengthDelimited(5, tensorSizes[i]), ...parts));
+  chunks.push(graphHi, modelHi);
+  const out: Uint8Array = Buffer.allocUnsafe(size(chunks)); // every byte is written below
+  let offset = 0;
+  for (const c of chunks) {
+    out.set(c, offset);
+    offset += c.byteLength;
+  }
+  return out;
+}
+
+function encodeWhole(typeName: string, value: object): Uint8Array {
+  const type = modelProtoType().root.lookupType(typeName);
+  return type.encode(type.fromObject(value as Record<string, unknown>)).finish();
+}
+
+/** The encoding of only those fields of `value` whose field numbers pass `keep`. */
+function encodeFields(typeName: string, value: object, keep: (id: number) => boolean): Uint8Array {
+  const type = modelProtoType().root.lookupType(typeName);
+  const part: Record<string, unknown> = {};
+  for (const [key, v] of Object.entries(value)) {
+    const field = type.fields[key];
+    if (field && keep(field.id)) part[key] = v;
+  }
+  return type.encode(type.fromObject(part)).finish();
+}
+
+/** Tag (wire type 2) and length varint of a length-delimited field. */
+function lengthDelimited(fieldNumber: number, length: number): Uint8Array {
+  const bytes: number[] = [];
+  for (let v = fieldNumber * 8 + 2; ; ) {
+    if (v < 0x80) { bytes.push(v); break; }
+    bytes.push((v & 0x7f) | 0x80);
+    v = Math.floor(v / 128);
+  }
+  for (let v = length; ; ) {
+    if (v < 0x80) { bytes.push(v); break; }
+    bytes.push((v & 0x7f) | 0x80);
+    v = Math.floor(v / 128);
+  }
+  return Uint8Array.from(bytes);
 }
 
 /** The element type and shape a ValueInfoProto declares (tensor types only). */
