@@ -140,6 +140,27 @@ describe('planPipeline by parameter stages', () => {
     expect(plan.stages.map((s) => s.parameters)).toEqual([['E', 'w0'], ['E', 'w1']]);
   });
 
+  it('carries a graph input that is also a graph output through to the last stage', () => {
+    const model = twoLayer(0, 1).model;
+    model.graph!.output!.push({ name: 'x', type: { tensorType: { elemType: 1, shape: { dim: [{ dimParam: 'n' }, { dimValue: 2 }] } } } });
+    expect(io(planPipeline(model, { stages: 2, stageOfInitializer: twoLayer(0, 1).stageOf }))).toEqual(['x -> x,h', 'x,h -> y,x']);
+  });
+
+  it('carries what a subgraph (If branch) reads from the outer graph to the stage of its node', () => {
+    const branch = (name: string, op: string) => ({
+      name, node: [{ input: ['h', 'b'], output: [`${name}_out`], opType: op }],
+      output: [{ name: `${name}_out`, type: { tensorType: { elemType: 1, shape: { dim: [{ dimParam: 'n' }, { dimValue: 2 }] } } } }],
+    });
+    const g = new GraphBuilder('if').input('x', 'F32', ['n', 2]).input('flag', 'BOOL', [])
+      .initializer('a', 'F32', [2, 2], new Float32Array(4)).initializer('b', 'F32', [2], new Float32Array(2))
+      .node('MatMul', ['x', 'a'], ['h'])
+      .node('If', ['flag'], ['y'], {}, [{ name: 'then_branch', type: 5, g: branch('then', 'Add') }, { name: 'else_branch', type: 5, g: branch('else', 'Sub') }])
+      .output('y', 'F32', ['n', 2]);
+    const plan = planPipeline(g.model(), { stages: 2, stageOfInitializer: (n) => ({ a: 0, b: 1 })[n] });
+    expect(io(plan)).toEqual(['x,flag -> flag,h', 'flag,h -> y']);
+    expect(plan.stages[1].parameters).toEqual(['b']);
+  });
+
   it('asks for value_info when a crossing tensor has no inferable type', () => {
     const g = new GraphBuilder('custom').input('x', 'F32', [2])
       .initializer('a', 'F32', [2], new Float32Array(2)).initializer('b', 'F32', [2], new Float32Array(2))
