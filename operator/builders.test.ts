@@ -107,7 +107,6 @@ describe('pure builders of the owned objects', () => {
               name: 'rank',
               image: 'shardserve/runtime:0.1.0',
               imagePullPolicy: 'IfNotPresent',
-              args: ['rank'],
               env: [
                 { name: 'SHARDSERVE_RANK', valueFrom: { fieldRef: { fieldPath: "metadata.labels['apps.kubernetes.io/pod-index']" } } },
                 { name: 'SHARDSERVE_GROUP', value: '1' },

@@ -253,7 +253,6 @@ function podTemplate(r: DistributedInference, group: number) {
           name: 'rank',
           image: v.image,
           imagePullPolicy: rt.imagePullPolicy ?? 'IfNotPresent',
-          args: ['rank'],
           env,
           // The Secret's keys are AWS environment variables; the kubelet reads them by reference.
           ...(creds ? { envFrom: [{ secretRef: { name: creds.secretName } }] } : {}),
