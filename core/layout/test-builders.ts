@@ -191,13 +191,14 @@ export function randomCheckpoint(seed: number, opts: { maxStages?: number } = {}
   const stages: Array<Record<string, ParamLayout>> = Array.from({ length: stageCount }, () => ({}));
   const full = new Map<string, TensorData>();
   const holdersOf = new Map<string, Map<number, Set<number>>>(); // name -> stage -> local ranks keeping it
-  const paramCount = rng.int(1, 5);
+  const paramCount = rng.int(stageCount, 5);
   const names: string[] = [];
   for (let p = 0; p < paramCount; p++) {
     const name = `${rng.pick(['backbone', 'head', 'layer', 'embedding', 'blocks.3'])}.${rng.pick(['weight', 'bias', 'gamma', 'w'])}_${p}${rng.chance(0.2) ? '-x' : ''}`;
     names.push(name);
     const dims = rng.int(0, 3);
-    const stage = rng.int(0, stageCount - 1);
+    // every pipeline stage holds parameters (the first ones go one per stage)
+    const stage = p < stageCount ? p : rng.int(0, stageCount - 1);
     const { layout, fullShape } = randomSourceLayout(rng, randomDevMatrix(rng, stageDevices), dims);
     stages[stage][name] = layout;
     const dtype = rng.pick(DTYPES);

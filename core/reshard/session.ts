@@ -55,7 +55,8 @@ export interface CheckpointSourceOptions {
   checkpoint: string;
   /** Training strategy file or directory. */
   strategy: string;
-  format?: 'auto' | CheckpointFormat;
+  /** Format of the source files (default: by extension, else by content). */
+  sourceFormat?: 'auto' | CheckpointFormat;
   decryption?: DecryptionOptions;
   verifyCrc?: boolean;
 }
@@ -88,7 +89,7 @@ export class CheckpointSource {
     if (key === undefined) return undefined;
     let p = this.indexes.get(rank);
     if (!p) {
-      p = openCheckpointObject(this.storage, key, { format: this.opts.format, decryption: this.opts.decryption, verifyCrc: this.opts.verifyCrc });
+      p = openCheckpointObject(this.storage, key, { format: this.opts.sourceFormat, decryption: this.opts.decryption, verifyCrc: this.opts.verifyCrc });
       p.catch(() => {});
       this.indexes.set(rank, p);
     }
