@@ -31,7 +31,8 @@ function select(strategy: Strategy, opts: StrategyWriteOptions): Selected {
       const l = strategy.params.get(n)!.layoutByStage.get(opts.stage);
       if (l) layouts.push([n, l]);
     }
-    return { markerStage: strategy.stageCount > 1 ? opts.stage : undefined, layouts };
+    // MindSpore's merge_pipeline_strategys needs a strategy item to learn a per-stage file's stage.
+    return { markerStage: opts.stage, layouts };
   }
   if (strategy.stageCount === 1) {
     return { layouts: names.map((n) => [n, strategy.params.get(n)!.layoutByStage.get(0)!] as [string, ParamLayout]).filter(([, l]) => l) };
@@ -54,7 +55,11 @@ function tensorMapEntries(map: Array<number | number[]>): number[][] {
   return entries;
 }
 
-/** MindSpore's JSON strategy format (§2.2), readable by MindSpore and by parseStrategyFiles. */
+/**
+ * MindSpore's JSON strategy format (§2.2), readable by MindSpore and by parseStrategyFiles.
+ * MindSpore's Python JSON reader (`_build_json_strategy`) only takes flat tensor maps: write a
+ * strategy with nested maps as protobuf if MindSpore must read it.
+ */
 export function strategyToJson(strategy: Strategy, opts: StrategyWriteOptions = {}): string {
   const sel = select(strategy, opts);
   const items: Record<string, unknown> = {};
