@@ -100,6 +100,15 @@ describe('shardserve export on the MindSpore example', () => {
     expect(bytesOf(await runStagesInSequence(ranks, feeds())).equals(expected())).toBe(true);
   });
 
+  it('makes the same files from MindSpore\'s merged strategy file as from the per-rank strategy files', async () => {
+    const out = join(tmp, 'from-merged-strategy');
+    const flags = ['--model', join(examples, 'model/net.onnx'), '--checkpoint', join(examples, 'checkpoint'), '--strategy', join(examples, 'strategy_merged.ckpt')];
+    expect((await shardserve('export', ...flags, '--stages', '2', '--out', out)).code).toBe(0);
+    for (const file of ['rank_0/model.onnx', 'rank_1/model.onnx']) {
+      expect(readFileSync(join(out, file)).equals(readFileSync(join(pipeline, file))), file).toBe(true);
+    }
+  });
+
   it('re-serializes MindSpore\'s ONNX file byte for byte', () => {
     const bytes = readFileSync(join(examples, 'model/net.onnx'));
     expect(Buffer.from(serializeOnnx(parseOnnx(bytes))).equals(bytes)).toBe(true);
