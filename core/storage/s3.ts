@@ -69,7 +69,7 @@ export class S3Client {
     const opt = { file: uri };
     if (code === 'NoSuchBucket') return new ShardserveError('NoSuchBucket', `${uri}: the bucket does not exist at ${this.config.endpoint}${detail}`, opt);
     if (code === 'NoSuchKey' || status === 404) return new ShardserveError('NotFound', `${uri}: no such object${code ? detail : ' (NoSuchKey)'}`, opt);
-    if (['InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken', 'InvalidToken', 'TokenRefreshRequired', 'AuthorizationHeaderMalformed', 'InvalidSecurity'].includes(code)) {
+    if (['InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken', 'InvalidToken', 'InvalidTokenId', 'ExpiredTokenException', 'TokenRefreshRequired', 'AuthorizationHeaderMalformed', 'InvalidSecurity'].includes(code)) {
       return new ShardserveError('BadCredentials', `${uri}: the S3 credentials were rejected${detail}; credentials from ${who}`, opt);
     }
     if (code === 'AccessDenied' || code === 'AllAccessDisabled' || status === 403) {
