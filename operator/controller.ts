@@ -174,7 +174,7 @@ export class Controller {
     if (d.statusChanged) {
       const path = `/apis/${GROUP}/${VERSION}/namespaces/${ns}/${PLURAL}/${r.metadata!.name}/status`;
       try {
-        await this.o.api.replace(path, { apiVersion: r.apiVersion, kind: r.kind, metadata: r.metadata, spec: r.spec, status: d.status }, 'DistributedInference/status');
+        await this.o.api.replace(path, { apiVersion: r.apiVersion, kind: r.kind, metadata: { ...r.metadata, managedFields: undefined }, spec: r.spec, status: d.status }, 'DistributedInference/status');
         this.statusWritten.set(key, r.metadata!.resourceVersion!, nowMs);
       } catch (e) {
         if (e instanceof KubeApiError && (e.status === 409 || e.status === 404)) {

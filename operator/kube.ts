@@ -66,7 +66,14 @@ export class KubeApi {
           while ((nl = buf.indexOf('\n')) >= 0) {
             const line = buf.slice(0, nl).trim();
             buf = buf.slice(nl + 1);
-            if (line) onEvent(JSON.parse(line));
+            if (!line) continue;
+            try {
+              onEvent(JSON.parse(line));
+            } catch (e) {
+              req.destroy();
+              reject(e);
+              return;
+            }
           }
         });
         res.on('end', () => resolve());
