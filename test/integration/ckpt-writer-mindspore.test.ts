@@ -58,4 +58,18 @@ describe('files from createTensorFileWriter load in real MindSpore', () => {
     expect(report).toMatchObject({ ok: true, crcChecked: crc, mismatches: [], missing: [], extra: [], tensors });
     if (opts.strings) expect(report.strings).toEqual({ model_name: 'tiny-net-é' });
   }, 300_000);
+
+  it('a zero-element tensor (MindSpore ≥2 writes no record for it; we write an empty one) loads too', async () => {
+    const path = join(dir, 'zero.ckpt');
+    const w = await createTensorFileWriter(path, 'mindspore-ckpt', [{ name: 'empty', dtype: 'F32', shape: [0, 4] }, { name: 'b', dtype: 'F32', shape: [3] }]);
+    const src = await indexSafetensors(await openLocalSource(NO_BF16));
+    await w.writeAt('b', 0, await readTensorBytes(src, src.tensors.get('b')!, 0, 12));
+    await w.commit();
+    const only = join(dir, 'b.safetensors');
+    const e = await createTensorFileWriter(only, 'safetensors', [{ name: 'b', dtype: 'F32', shape: [3] }]);
+    await e.writeAt('b', 0, await readTensorBytes(src, src.tensors.get('b')!, 0, 12));
+    await e.commit();
+    const { stdout } = await runPython(CHECK_LOAD, [path, only, '--allow-extra'], { timeoutMs: 180_000 });
+    expect(JSON.parse(stdout.trim().split('\n').pop()!)).toMatchObject({ ok: true, extra: ['empty'], tensors: 1 });
+  }, 300_000);
 });
