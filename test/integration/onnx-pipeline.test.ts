@@ -11,6 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { buildStageModel } from '../../core/onnx/bind.js';
 import { type Feeds, checkStageLoads, runModel, runStagesInSequence, tensorBytes } from '../../core/onnx/ort-run.js';
 import { planPipeline } from '../../core/onnx/partition.js';
+import { GraphBuilder } from '../../core/onnx/graph-builder.js';
 import { type SampleNetwork, mlpNetwork, transformerNetwork } from '../../core/onnx/sample-networks.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'shardserve-onnx-pipeline-'));
@@ -86,5 +87,32 @@ describe('stage weights in ONNX external data', () => {
       return join(dir, 'model.onnx');
     });
     expectBitwiseEqual(await runStagesInSequence(paths, feeds), await wholeModelOutputs(net, feeds));
+  });
+});
+
+describe('control flow across a cut', () => {
+  it('an If whose branches read a tensor of the previous stage runs the same split as whole', async () => {
+    const branch = (name: string, op: string) => ({
+      name,
+      node: [{ input: ['h', 'b'], output: [`${name}_out`], opType: op }],
+      output: [{ name: `${name}_out`, type: { tensorType: { elemType: 1, shape: { dim: [{ dimParam: 'n' }, { dimValue: 2 }] } } } }],
+    });
+    const model = new GraphBuilder('if').input('x', 'F32', ['n', 2]).input('flag', 'BOOL', [])
+      .initializer('a', 'F32', [2, 2], new Float32Array(4)).initializer('b', 'F32', [2], new Float32Array(2))
+      .node('MatMul', ['x', 'a'], ['h'])
+      .node('If', ['flag'], ['y'], {}, [{ name: 'then_branch', type: 5, g: branch('then', 'Add') }, { name: 'else_branch', type: 5, g: branch('else', 'Sub') }])
+      .output('y', 'F32', ['n', 2])
+      .model();
+    const f32 = (...v: number[]) => new Uint8Array(new Float32Array(v).buffer);
+    const weights = new Map([['a', { dtype: 'F32' as const, shape: [2, 2], data: f32(1, 2, 3, 4) }], ['b', { dtype: 'F32' as const, shape: [2], data: f32(10, 20) }]]);
+    const stageOf = (n: string) => ({ a: 0, b: 1 })[n as 'a' | 'b'];
+    const split = planPipeline(model, { stages: 2, stageOfInitializer: stageOf });
+    const whole = planPipeline(model, { stages: 1, stageOfInitializer: stageOf });
+    for (const [flag, want] of [[true, [14, 26]], [false, [-6, -14]]] as const) {
+      const feeds = { x: new ort.Tensor('float32', new Float32Array([1, 1]), [1, 2]), flag: new ort.Tensor('bool', new Uint8Array([flag ? 1 : 0]), []) };
+      const got = await runStagesInSequence(split.stages.map((st) => buildStageModel(model, split, st.stage, weights)), feeds);
+      expect(Array.from(got.y.data as Float32Array)).toEqual(want);
+      expectBitwiseEqual(got, await runModel(buildStageModel(model, whole, 0, weights), feeds));
+    }
   });
 });
