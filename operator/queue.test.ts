@@ -60,7 +60,7 @@ describe('WorkQueue', () => {
   });
 
   it('reports its depth (waiting + running keys)', async () => {
-    const q = new WorkQueue({ workers: 1, handle: () => tick(10) });
+    const q = new WorkQueue({ workers: 1, handle: async () => void (await tick(10)) });
     q.add('a');
     q.add('b');
     expect(q.depth).toBe(2);
