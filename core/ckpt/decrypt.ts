@@ -95,7 +95,10 @@ function cipherName(mode: DecryptionMode, key: Uint8Array, uri: string): string 
   return `aes-${key.length * 8}-${mode === 'AES-GCM' ? 'gcm' : 'cbc'}`;
 }
 
-function decryptSegment(seg: CipherSegment, cipher: Uint8Array, key: Uint8Array, uri: string): Buffer {
+/** GCM IV readings: MindSpore's (first 12 bytes of the stored IV), then the full 16 bytes. */
+type GcmIvLength = 12 | 16;
+
+function decryptSegment(seg: CipherSegment, cipher: Uint8Array, key: Uint8Array, uri: string, legacyIv: { length?: GcmIvLength }): Buffer {
   const name = cipherName(seg.mode, key, uri);
   const where = `encrypted segment at offset ${seg.fileOffset}`;
   if (seg.mode === 'AES-GCM') {
@@ -104,10 +107,17 @@ function decryptSegment(seg: CipherSegment, cipher: Uint8Array, key: Uint8Array,
     // 16-byte-IV reading is kept as a fallback for writers that did set the length.
     const ivs = [seg.iv.subarray(0, 12), seg.iv];
     if (seg.legacy) {
-      // No tag to tell the IV readings apart: take the one whose plaintext starts like a record
-      // (0x0A) in the first segment, else the 12-byte one.
-      const outs = ivs.map((iv) => createDecipheriv(name as 'aes-256-gcm', key, iv, { authTagLength: 16 }).update(cipher));
-      return outs.find((o) => o[0] === 0x0a) ?? outs[0];
+      // No tag to tell the readings apart: the first segment decides for the whole file, by which
+      // reading starts like a ckpt record (0x0A); the 12-byte one when neither or both do.
+      const decrypt = (iv: Uint8Array) => createDecipheriv(name as 'aes-256-gcm', key, iv, { authTagLength: 16 }).update(cipher);
+      if (!legacyIv.length) {
+        const twelve = decrypt(ivs[0]);
+        if (twelve[0] === 0x0a) return (legacyIv.length = 12), twelve;
+        const sixteen = decrypt(ivs[1]);
+        legacyIv.length = sixteen[0] === 0x0a ? 16 : 12;
+        return legacyIv.length === 16 ? sixteen : twelve;
+      }
+      return decrypt(legacyIv.length === 12 ? ivs[0] : ivs[1]);
     }
     let cause: unknown;
     for (const iv of ivs) {
@@ -142,7 +152,7 @@ export function memorySource(uri: string, bytes: Uint8Array): ByteSource {
         throw new ShardserveError('OutOfRange', `${uri}: read of ${length} bytes at ${offset} is past the end of the decrypted data (size ${bytes.length})`, { file: uri });
       }
       bytesRead += length;
-      return bytes.subarray(offset, offset + length);
+      return bytes.slice(offset, offset + length); // a copy: callers may reuse the buffer they get
     },
     async close() {},
   };
@@ -174,12 +184,13 @@ export async function decryptCheckpoint(source: ByteSource, end: number, opts: D
   const plain: Buffer[] = [];
   const indexed: DecryptedCheckpoint['segments'] = [];
   let plainOffset = 0;
+  const legacyIv: { length?: GcmIvLength } = {};
   for (const seg of segments) {
     if (seg.mode !== fileMode) {
       throw new ShardserveError('CorruptCiphertext', `${uri}: encrypted segment at offset ${seg.fileOffset} uses ${seg.mode}, the file started with ${fileMode}`, { file: uri });
     }
     const cipher = await source.read(seg.cipherOffset, seg.cipherLength);
-    const p = decryptSegment(seg, cipher, opts.key, uri);
+    const p = decryptSegment(seg, cipher, opts.key, uri, legacyIv);
     indexed.push({ ...seg, plainOffset, plainLength: p.length });
     plainOffset += p.length;
     plain.push(p);

@@ -120,15 +120,17 @@ describe('indexCkpt decryption', () => {
   const plain = Buffer.concat([W_CHUNK, W_CHUNK, ckptRecord('b', 'Float16', [3], new Uint8Array([1, 2, 3, 4, 5, 6])), GLOBAL_STEP]);
   const key16 = Buffer.from('0123456789abcdef');
   const key32 = Buffer.from('0123456789abcdef0123456789abcdef');
-  const modes: Array<{ name: string; mode: 'AES-GCM' | 'AES-CBC' | 'SM4-CBC'; key: Buffer; legacyGcm?: boolean }> = [
+  const modes: Array<{ name: string; mode: 'AES-GCM' | 'AES-CBC' | 'SM4-CBC'; key: Buffer; legacyGcm?: boolean; gcmIvLength?: 12 | 16 }> = [
     { name: 'AES-GCM (tag) 256-bit', mode: 'AES-GCM', key: key32 },
+    { name: 'AES-GCM (tag) with all 16 IV bytes used', mode: 'AES-GCM', key: key16, gcmIvLength: 16 },
     { name: 'AES-GCM legacy (no tag) 128-bit', mode: 'AES-GCM', key: key16, legacyGcm: true },
+    { name: 'AES-GCM legacy (no tag) with all 16 IV bytes used', mode: 'AES-GCM', key: key16, legacyGcm: true, gcmIvLength: 16 },
     { name: 'AES-CBC 128-bit', mode: 'AES-CBC', key: key16 },
     { name: 'AES-CBC 192-bit', mode: 'AES-CBC', key: Buffer.alloc(24, 7) },
     { name: 'SM4-CBC', mode: 'SM4-CBC', key: key16 },
   ];
-  it.each(modes)('decrypts $name in 40-byte segments into a view', async ({ mode, key, legacyGcm }) => {
-    const enc = encryptCkpt(plain, key, mode, { blockSize: 40, legacyGcm });
+  it.each(modes)('decrypts $name in 40-byte segments into a view', async ({ mode, key, legacyGcm, gcmIvLength }) => {
+    const enc = encryptCkpt(plain, key, mode, { blockSize: 40, legacyGcm, gcmIvLength });
     const ix = await index(enc, { decryption: { key } });
     expect(ix.encryption).toBe(mode);
     expect(ix.source.size).toBe(plain.length);

@@ -54,7 +54,7 @@ export function utf32le(s: string): Uint8Array {
 }
 
 /** Encrypt a plaintext the way MindSpore's crypto.cc does, in segments of `blockSize` bytes. */
-export function encryptCkpt(plain: Uint8Array, key: Uint8Array, mode: DecryptionMode, opts: { blockSize?: number; legacyGcm?: boolean } = {}): Uint8Array {
+export function encryptCkpt(plain: Uint8Array, key: Uint8Array, mode: DecryptionMode, opts: { blockSize?: number; legacyGcm?: boolean; gcmIvLength?: 12 | 16 } = {}): Uint8Array {
   const blockSize = opts.blockSize ?? 64 << 20;
   const out: Uint8Array[] = [];
   for (let off = 0; off < plain.length; off += blockSize) {
@@ -62,7 +62,7 @@ export function encryptCkpt(plain: Uint8Array, key: Uint8Array, mode: Decryption
     const iv = randomBytes(16);
     const name = mode === 'SM4-CBC' ? 'sm4-cbc' : `aes-${key.length * 8}-${mode === 'AES-GCM' ? 'gcm' : 'cbc'}`;
     // MindSpore's GCM uses the first 12 bytes of the stored 16-byte IV (see decrypt.ts).
-    const c = createCipheriv(name, key, mode === 'AES-GCM' ? iv.subarray(0, 12) : iv);
+    const c = createCipheriv(name, key, mode === 'AES-GCM' ? iv.subarray(0, opts.gcmIvLength ?? 12) : iv);
     const cipher = Buffer.concat([c.update(block), c.final()]);
     const head = Buffer.alloc(4);
     head.writeUInt32LE(CIPHER_MAGIC[mode]);
