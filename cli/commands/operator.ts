@@ -1,5 +1,9 @@
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { parseAllDocuments } from 'yaml';
 import { ShardserveError } from '../../core/errors.js';
+import { KIND } from '../../operator/api/schema.js';
+import { assertValidResource } from '../../operator/api/validate.js';
 import type { Level } from '../../operator/logger.js';
 import { defaultConfig, runOperator } from '../../operator/run.js';
 import type { Command } from '../main.js';
@@ -8,7 +12,11 @@ const usage = `Usage: shardserve operator [options]
 
 Runs the DistributedInference controller (the operator Deployment's entrypoint).
 
+       shardserve operator --check <file.yaml> [...]
+
 Options:
+  --check <file>             validate DistributedInference YAML offline against the CRD schema and its
+                             rules (the same messages the API server gives), then exit
   --kubeconfig <file>        kubeconfig to use (default: $KUBECONFIG, else in-cluster)
   --namespaces <a,b,...>     watch only these namespaces (default: all; env WATCH_NAMESPACES)
   --listen <host:port>       /healthz, /readyz and /metrics address (default 0.0.0.0:8080)
@@ -36,6 +44,7 @@ export const operatorCommand: Command = {
     const { values } = parseArgs({
       args: argv,
       options: {
+        check: { type: 'string', multiple: true },
         kubeconfig: { type: 'string' },
         namespaces: { type: 'string' },
         listen: { type: 'string' },
@@ -49,6 +58,10 @@ export const operatorCommand: Command = {
       },
       strict: true,
     });
+    if (values.check) {
+      for (const file of values.check) process.stdout.write(`${checkFile(file)}\n`);
+      return 0;
+    }
     const cfg = defaultConfig();
     const ns = values.namespaces ?? process.env.WATCH_NAMESPACES;
     if (ns !== undefined && ns.trim() !== '' && ns.trim() !== '*') {
@@ -79,3 +92,24 @@ export const operatorCommand: Command = {
     return 0;
   },
 };
+
+/** Validates every DistributedInference in a YAML file; returns a one-line summary or throws. */
+export function checkFile(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ShardserveError('NotFound', `${file}: cannot read (${(e as Error).message})`, { file, cause: e });
+  }
+  const docs = parseAllDocuments(text);
+  let n = 0;
+  for (const [i, doc] of docs.entries()) {
+    if (doc.errors.length) throw new ShardserveError('BadConfig', `${file}: document ${i + 1} is not valid YAML (${doc.errors[0].message})`, { file });
+    const obj = doc.toJS();
+    if (obj?.kind !== KIND) continue;
+    assertValidResource(obj, `${file}: ${obj.metadata?.name ?? `document ${i + 1}`}`);
+    n++;
+  }
+  if (n === 0) throw new ShardserveError('BadConfig', `${file}: no ${KIND} found (expected kind: ${KIND})`, { file });
+  return `${file}: ${n} ${KIND}(s) valid`;
+}
