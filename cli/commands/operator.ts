@@ -12,7 +12,7 @@ const usage = `Usage: shardserve operator [options]
 
 Runs the DistributedInference controller (the operator Deployment's entrypoint).
 
-       shardserve operator --check <file.yaml> [...]
+       shardserve operator --check <file.yaml> [--check <file.yaml> ...]
 
 Options:
   --check <file>             validate DistributedInference YAML offline against the CRD schema and its
