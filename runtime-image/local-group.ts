@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { credentials, type Client } from '@grpc/grpc-js';
 import type { RankConfig } from '../core/deployment.js';
 import { ShardserveError } from '../core/errors.js';
-import { services } from './protos.js';
+import { PEER_CHANNEL_OPTIONS, services } from './protos.js';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'shardserve.mjs');
 
@@ -75,7 +75,7 @@ export class LocalGroup {
     this.failed.catch(() => undefined);
     for (let r = 0; r < this.world; r++) {
       const address = `${opts.host ?? '127.0.0.1'}:${config.serving.rankPort + r}`;
-      this.ranks.push({ rank: r, restarts: 0, failedStarts: 0, everReady: false, startedAt: 0, lastError: '', client: new (services().stage)(address, credentials.createInsecure()) as any });
+      this.ranks.push({ rank: r, restarts: 0, failedStarts: 0, everReady: false, startedAt: 0, lastError: '', client: new (services().stage)(address, credentials.createInsecure(), PEER_CHANNEL_OPTIONS) as any });
     }
   }
 
@@ -172,7 +172,7 @@ export class LocalGroup {
     return this.ranks.map((p) => ({
       rank: p.rank,
       pid: p.child?.pid,
-      state: p.child ? (p.status?.state ?? 'STARTING') : 'RESTARTING',
+      state: p.child ? (p.status?.state ?? 'STARTING') : this.stopping ? 'STOPPED' : 'RESTARTING',
       reason: p.status?.reason ?? '',
       loadedBytes: p.status?.loaded ?? 0,
       totalBytes: p.status?.total ?? 0,

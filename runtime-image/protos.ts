@@ -32,3 +32,13 @@ export function services() {
 export function serviceDefinition(ctor: ServiceClientConstructor): ServiceDefinition {
   return ctor.service;
 }
+
+/**
+ * Channel options for probing peers that may be starting or restarting: reconnect within 100 ms–1 s
+ * (gRPC's default backoff grows to minutes, which would hide a peer that came back).
+ */
+export const PEER_CHANNEL_OPTIONS = {
+  'grpc.initial_reconnect_backoff_ms': 100,
+  'grpc.min_reconnect_backoff_ms': 100,
+  'grpc.max_reconnect_backoff_ms': 1_000,
+} as const;

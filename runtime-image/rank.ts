@@ -7,7 +7,7 @@ import { healthServiceImpl, oipServiceImpl } from './frontdoor/grpc.js';
 import { restHandler } from './frontdoor/rest.js';
 import { Lifecycle } from './lifecycle.js';
 import { RankMetrics } from './metrics.js';
-import { services } from './protos.js';
+import { PEER_CHANNEL_OPTIONS, services } from './protos.js';
 import { positionOf, stageLeader, type PipelineSpec, type RankPosition } from './pipeline/spec.js';
 import { StageLink } from './pipeline/stage-link.js';
 import { StageNode } from './pipeline/stage-node.js';
@@ -137,6 +137,7 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
   const evaluateOwn = () => {
     if (!node) return;
     if (node.downstreamConnected) lifecycle.set('READY', 'stage loaded and next stage connected');
+    else if (lifecycle.state === 'LOADING') lifecycle.set('LOADING', `connecting to stage ${position.stage + 1}`);
     else lifecycle.set('UNAVAILABLE', `stage ${position.stage + 1} is unreachable`);
   };
 
@@ -190,7 +191,7 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
 
     // Group readiness: own stage ready and every other rank says it is ready.
     const others = Array.from({ length: env.worldSize - 1 }, (_, i) => i + 1);
-    peerClients = others.map((r) => new (services().stage)(addressOf(r), credentials.createInsecure()) as any);
+    peerClients = others.map((r) => new (services().stage)(addressOf(r), credentials.createInsecure(), PEER_CHANNEL_OPTIONS) as any);
     const peerState = new Map<number, { ready: boolean; reason: string; loaded: number; total: number }>();
     const poll = () => {
       if (stopping) return;

@@ -1,6 +1,7 @@
 import type { Command } from '../main.js';
 import { rankCommand } from './rank.js';
 import { upCommand } from './up.js';
+import { demoCommand } from './demo.js';
 import { indexCommand } from './index-cmd.js';
 import { exportCommand } from './export.js';
 import { inspectCommand } from './inspect.js';
@@ -14,6 +15,7 @@ import { operatorCommand } from './operator.js';
 export const commands: Command[] = [
   upCommand,
   rankCommand,
+  demoCommand,
   indexCommand,
   exportCommand,
   inspectCommand,

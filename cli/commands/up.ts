@@ -73,7 +73,14 @@ export const upCommand: Command = {
     try {
       await Promise.race([group.waitReady(flags.readyTimeoutMs, () => display.tick()), stop]);
       if (!signalled) {
+        // Rank 0 answers ready first; give the per-rank view a moment to catch up before drawing it.
+        for (let i = 0; i < 20 && group.view().some((v) => v.state !== 'READY'); i++) await new Promise((r) => setTimeout(r, 100));
         display.tick();
+        // Keep reporting changes (a rank dying and coming back) while serving; not redrawn on a TTY.
+        const watch = setInterval(() => {
+          if (!process.stderr.isTTY) display.tick();
+        }, 500);
+        watch.unref();
         const { grpcPort, httpPort } = config.serving;
         process.stderr.write(`serving model '${config.modelName}' on ${config.parallelism.pipelineStages} stage(s): OIP gRPC 127.0.0.1:${grpcPort}, REST http://127.0.0.1:${httpPort}/v2/models/${config.modelName} (Ctrl-C to stop)\n`);
         await Promise.race([stop, group.failed]);

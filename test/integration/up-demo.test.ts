@@ -1,0 +1,76 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { mlpNetwork } from '../../core/onnx/sample-networks.js';
+import { writeServeFixture } from './serve-fixture.js';
+import { freePortBlock, freePorts } from './serve-models.js';
+
+// `npm start` (shardserve demo) and `shardserve up` as a user runs them.
+const ROOT = join(import.meta.dirname, '..', '..');
+
+function cli(args: string[], timeoutMs: number) {
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'shardserve.mjs'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => (stdout += d));
+  child.stderr!.on('data', (d) => (stderr += d));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => {
+    clearTimeout(timer);
+    resolve(code);
+  }));
+  return { child, exited, stdout: () => stdout, stderr: () => stderr };
+}
+
+describe('shardserve demo (npm start)', () => {
+  it('serves examples/ on 2 stages, prints the prediction and that it equals single-device onnxruntime bitwise, exits 0 and leaves no rank behind', async () => {
+    const run = cli(['demo', '--deadline', '120'], 150_000);
+    expect(await run.exited).toBe(0);
+    const out = run.stdout();
+    expect(out).toMatch(/^prediction \(13\): \[2\.751405, -2\.655039, .*\]$/m);
+    expect(out).toMatch(/^predicted class: 0 /m);
+    expect(out).toMatch(/^equals single-device onnxruntime on the merged model: yes \(bitwise\)$/m);
+    expect(out).toMatch(/rank 0: stopped/);
+    expect(out).toMatch(/rank 1: stopped/);
+  }, 160_000);
+});
+
+describe('shardserve up', () => {
+  it('refuses a stage count that does not match the strategy before starting any rank', async () => {
+    const f = writeServeFixture(mkdtempSync(join(tmpdir(), 'up-')), mlpNetwork(), 4);
+    const run = cli(['up', '--model', f.model, '--checkpoint', f.checkpoint, '--strategy', f.strategy, '--stages', '2'], 60_000);
+    expect(await run.exited).toBe(1);
+    expect(run.stderr().trim().split('\n').filter((l) => !l.startsWith('npm warn'))).toEqual([`shardserve up: strategy has 4 stages, spec asks for 2 (${f.strategy})`]);
+  }, 60_000);
+
+  it('refuses tensor parallel > 1 and missing flags with one-line errors', async () => {
+    const a = cli(['up', '--model', 'm.onnx', '--checkpoint', 'c', '--strategy', 's', '--tp', '2', '--stages', '1'], 30_000);
+    const b = cli(['up', '--model', 'm.onnx', '--strategy', 's'], 30_000);
+    expect(await b.exited).toBe(2);
+    expect(b.stderr()).toMatch(/^shardserve up: --checkpoint is required$/m);
+    expect(await a.exited).not.toBe(0);
+    expect(a.stderr()).toMatch(/^shardserve up: /m);
+  }, 60_000);
+
+  it('shows each rank loading, serves, and on SIGTERM drains and stops every rank (exit 0)', async () => {
+    const f = writeServeFixture(mkdtempSync(join(tmpdir(), 'up-')), mlpNetwork(), 2);
+    const [grpc, http] = await freePorts(2);
+    const rankPort = await freePortBlock(2);
+    const run = cli(['up', '--model', f.model, '--checkpoint', f.checkpoint, '--strategy', f.strategy, '--port', String(grpc), '--http-port', String(http), '--rank-port', String(rankPort), '--name', 'mlp'], 120_000);
+    const until = Date.now() + 90_000;
+    while (!/serving model 'mlp' on 2 stage\(s\)/.test(run.stderr())) {
+      if (Date.now() > until || run.child.exitCode !== null) throw new Error(run.stderr());
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect((await fetch(`http://127.0.0.1:${http}/v2/models/mlp/ready`)).status).toBe(200);
+    expect(run.stderr()).toMatch(/rank 0 +READY +\[#{20}\]/);
+    expect(run.stderr()).toMatch(/rank 1 +READY +\[#{20}\]/);
+    run.child.kill('SIGTERM');
+    expect(await run.exited).toBe(0);
+    expect(run.stderr()).toMatch(/\[rank 0\] rank 0: draining \(received SIGTERM\)/);
+    expect(run.stderr()).toMatch(/\[rank 1\] rank 1: stopped/);
+    await expect(fetch(`http://127.0.0.1:${http}/readyz`)).rejects.toThrow();
+  }, 120_000);
+});
