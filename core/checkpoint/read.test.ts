@@ -6,7 +6,8 @@ import { indexCkpt } from '../ckpt/reader.js';
 import { DTYPE_BYTES } from '../dtype.js';
 import { ShardserveError } from '../errors.js';
 import { rankBox } from '../layout/box.js';
-import { indexSafetensors } from '../safetensors/reader.js';
+import { indexSafetensors, readUnifiedSafetensorsDir } from '../safetensors/reader.js';
+import { openStorage } from '../storage/storage.js';
 import { openLocalSource } from '../storage/source.js';
 import { parseStrategyFiles } from '../strategy/reader.js';
 import type { Strategy } from '../strategy/types.js';
@@ -44,6 +45,7 @@ interface CaseJson {
   expected: { merged: string; ranks?: Record<string, string> };
   decryption?: { keyHex: string; mode: DecryptionOptions['mode'] };
   strings?: Record<string, string>;
+  tensors: Record<string, { mindsporeType?: string }>;
 }
 
 const caseNames = existsSync(CASES) ? readdirSync(CASES).filter((c) => existsSync(join(CASES, c, 'case.json'))).sort() : [];
@@ -100,6 +102,9 @@ describe('real MindSpore fixtures', () => {
       expect(ix.crc).toBe(c.crc ? 'verified' : 'absent');
       expect(ix.encryption).toBe(c.decryption?.mode ?? 'none');
       for (const [k, v] of Object.entries(c.strings ?? {})) expect(ix.strings.get(k)?.value).toBe(v);
+      for (const [k, t] of Object.entries(c.tensors)) {
+        if (t.mindsporeType === 'Int4') expect(ix.notes).toContain(`tensor '${k}' is Int4 (qint4x2, two values per byte) stored as I8`);
+      }
       const perRank = c.expected.ranks?.[String(rank)];
       const expectedRank = perRank ? await indexSafetensors(await openLocalSource(join(dir, perRank))) : undefined;
       const stage = Math.floor(rank / strategy.stageDevices);
@@ -123,6 +128,14 @@ describe('real MindSpore fixtures', () => {
       await src.close();
     }
     expect(compared).toBeGreaterThan(0);
+  });
+
+  it('readUnifiedSafetensorsDir maps the tensors of MindSpore\'s unified_safetensors output', async () => {
+    const storage = await openStorage(join(CASES, 'safetensors'));
+    expect(await readUnifiedSafetensorsDir(storage, 'unified')).toEqual({
+      files: ['unified/part0.safetensors'], weightMap: new Map([['w', 'unified/part0.safetensors'], ['b', 'unified/part0.safetensors']]),
+      totalSize: 88, hyperParamFile: 'unified/hyper_param.safetensors',
+    });
   });
 
   it('the unified safetensors directory indexes; part0 carries rank 0\'s stale crc_num (MindSpore copies the metadata)', async () => {

@@ -70,16 +70,17 @@ describe('indexCkpt record decoding', () => {
     expect(ix.tensors.has('note')).toBe(false);
   });
 
-  it('skips maptensor, unknown types, Int4 and random_op with a note each', async () => {
+  it('skips maptensor, unknown types and random_op with a note each; keeps Int4 as packed I8 bytes', async () => {
     const ix = await index(Buffer.concat([
       mapTensorRecord('emb'), ckptRecord('random_op', 'random_op', [], new Uint8Array(5)),
-      ckptRecord('q', 'Int4', [4], new Uint8Array(2)), ckptRecord('z', 'Complex64', [1], new Uint8Array(8)), GLOBAL_STEP,
+      ckptRecord('q', 'Int4', [2, 2], new Uint8Array(4)), ckptRecord('z', 'Complex64', [1], new Uint8Array(8)), GLOBAL_STEP,
     ]));
-    expect([...ix.tensors.keys()]).toEqual(['global_step']);
+    expect([...ix.tensors.keys()]).toEqual(['q', 'global_step']);
+    expect(ix.tensors.get('q')).toMatchObject({ dtype: 'I8', shape: [2, 2], byteLength: 4 });
     expect(ix.notes).toEqual([
       "skipped 'emb': maptensor (MapParameter) values are not supported",
       "skipped 'random_op': unknown tensor_type 'random_op'",
-      "skipped 'q': Int4 (qint4x2) tensors are not supported",
+      "tensor 'q' is Int4 (qint4x2, two values per byte) stored as I8",
       "skipped 'z': unknown tensor_type 'Complex64'",
     ]);
   });

@@ -282,12 +282,15 @@ class EntryBuilder {
       this.strings.set(tag, { name: tag, value: decodeUtf32le(Buffer.concat(parts), (m) => this.error('BadString', tag, m)) });
       return;
     }
-    const dtype = ckptTypeToDType(tensorType);
+    // qint4x2: two int4 values per byte, and MindSpore's dims count the packed bytes (checked on
+    // files MindSpore 2.x wrote), so the bytes are an I8 tensor of that shape; noted for merge/inspect.
+    const int4 = tensorType.toLowerCase() === 'int4';
+    const dtype = int4 ? 'I8' : ckptTypeToDType(tensorType);
     if (!dtype) {
-      const why = tensorType.toLowerCase() === 'int4' ? 'Int4 (qint4x2) tensors are not supported' : `unknown tensor_type '${tensorType}'`;
-      this.notes.push(`skipped '${tag}': ${why}`);
+      this.notes.push(`skipped '${tag}': unknown tensor_type '${tensorType}'`);
       return;
     }
+    if (int4) this.notes.push(`tensor '${tag}' is Int4 (qint4x2, two values per byte) stored as I8`);
     // MindSpore ≤1.x wrote scalars as dims=[0]; its loader maps [0] to a scalar, and so do we.
     const shape = dims.length === 1 && dims[0] === 0 ? [] : dims;
     const expected = expectedBytes(dtype, shape);
