@@ -92,6 +92,18 @@ describe('indexCkpt record decoding', () => {
   });
 });
 
+describe('indexCkpt reads only record headers', () => {
+  it('fetches one ≤4 KiB window per record of a 200 × 64 KiB file, never the payloads', async () => {
+    const payload = new Uint8Array(64 * 1024);
+    const records = Array.from({ length: 200 }, (_, i) => ckptRecord(`layer${i}.weight`, 'Float32', [128, 128], payload));
+    const src = file(...records);
+    const ix = await indexCkpt(src);
+    expect(ix.tensors.size).toBe(200);
+    expect(src.bytesRead).toBeLessThanOrEqual(200 * 4096 + 17);
+    expect(src.bytesRead / src.size).toBeLessThan(0.07);
+  });
+});
+
 describe('crc32OfZeros', () => {
   it.each([0, 1, 5, 255, 4096, 100_003])('equals zlib over %i zero bytes', (n) => {
     const start = crc32('abc');

@@ -1,5 +1,5 @@
 import type { ServerDuplexStream, ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from '@grpc/grpc-js';
-import { asInferError } from '../errors.js';
+import { InferError, asInferError } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
 import type { Tensor } from '../tensor.js';
 import type { StageNode } from './stage-node.js';
@@ -47,7 +47,7 @@ export function stageServiceImpl(opts: {
         const deadline = Date.now() + Number(req.budget_us) / 1000;
         const work = async () => {
           const node = opts.node();
-          if (!node || !opts.lifecycle.live) throw asInferError(new Error('stage is not loaded yet'));
+          if (!node || !opts.lifecycle.live) throw new InferError('Unavailable', `stage is ${opts.lifecycle.state.toLowerCase()}: ${opts.lifecycle.reason}`);
           const tensors = new Map<string, Tensor>();
           for (const w of req.tensors) tensors.set(w.name, tensorFromWire(w));
           return node.process(tensors, req.outputs ?? [], deadline, controller.signal);

@@ -1,0 +1,269 @@
+// npm run bench:serve — latency and throughput of shardserve's pipeline against single-process
+// onnxruntime and against KServe's Python model server on the same ONNX. Loopback only, bounded
+// request counts. Writes bench/results/serve.json and prints a summary.
+//
+//   SHARDSERVE_BENCH_QUICK=1   fewer requests (a smoke run)
+import { credentials } from '@grpc/grpc-js';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as ort from 'onnxruntime-node';
+import { buildStageModel } from '../core/onnx/bind.js';
+import { GraphBuilder, seededFloats } from '../core/onnx/graph-builder.js';
+import { planPipeline } from '../core/onnx/partition.js';
+import { mlpNetwork, type SampleNetwork } from '../core/onnx/sample-networks.js';
+import { LocalGroup } from '../runtime-image/local-group.js';
+import { sessionOptions } from '../runtime-image/pipeline/stage-session.js';
+import { freePort, freePortRange } from '../runtime-image/ports.js';
+import { services } from '../runtime-image/protos.js';
+import { cacheDir } from '../test/harness/cache.js';
+import { fixtureConfig, writeServeFixture } from '../test/integration/serve-fixture.js';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const QUICK = !!process.env.SHARDSERVE_BENCH_QUICK;
+const N1 = QUICK ? 60 : 400;
+const N8 = QUICK ? 120 : 800;
+const WARMUP = QUICK ? 10 : 40;
+const log = (s: string) => process.stderr.write(s + '\n');
+
+interface Stats { requests: number; concurrency: number; p50_ms: number; p99_ms: number; mean_ms: number; throughput_rps: number; errors: number }
+
+function stats(latencies: number[], wallMs: number, concurrency: number, errors: number): Stats {
+  const s = [...latencies].sort((a, b) => a - b);
+  const at = (q: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))];
+  const r3 = (x: number) => Math.round(x * 1000) / 1000;
+  return {
+    requests: s.length, concurrency, p50_ms: r3(at(0.5)), p99_ms: r3(at(0.99)), mean_ms: r3(s.reduce((a, b) => a + b, 0) / s.length),
+    throughput_rps: Math.round((s.length / wallMs) * 1000 * 10) / 10, errors,
+  };
+}
+
+/** `total` calls of `once`, `concurrency` at a time, after a warm-up. */
+async function load(once: () => Promise<void>, total: number, concurrency: number): Promise<Stats> {
+  for (let i = 0; i < WARMUP; i++) await once();
+  const latencies: number[] = [];
+  let next = 0;
+  let errors = 0;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (next < total) {
+      next++;
+      const s = performance.now();
+      try {
+        await once();
+        latencies.push(performance.now() - s);
+      } catch {
+        errors++;
+      }
+    }
+  }));
+  return stats(latencies, performance.now() - t0, concurrency, errors);
+}
+
+function grpcInfer(address: string, model: string, inputName: string, shape: number[], data: Float32Array) {
+  const client = new (services().oip)(address, credentials.createInsecure()) as any;
+  const request = { model_name: model, inputs: [{ name: inputName, datatype: 'FP32', shape }], raw_input_contents: [Buffer.from(data.buffer, data.byteOffset, data.byteLength)] };
+  return {
+    once: () => new Promise<void>((resolve, reject) => client.ModelInfer(request, { deadline: Date.now() + 30_000 }, (e: Error | null) => (e ? reject(e) : resolve()))),
+    close: () => client.close(),
+  };
+}
+
+function restInfer(base: string, model: string, inputName: string, shape: number[], data: Float32Array) {
+  const body = JSON.stringify({ inputs: [{ name: inputName, datatype: 'FP32', shape, data: Array.from(data) }] });
+  return async () => {
+    const r = await fetch(`${base}/v2/models/${model}/infer`, { method: 'POST', body, headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(30_000) });
+    await r.arrayBuffer();
+    if (r.status !== 200) throw new Error(`HTTP ${r.status}`);
+  };
+}
+
+/** A model whose stages cost nearly nothing, so a pipeline's extra latency is the hops: a 64 KiB activation. */
+function hopNetwork(stages = 4): SampleNetwork {
+  const n = 16384; // float32 → 64 KiB
+  const g = new GraphBuilder('hop').input('x', 'F32', [1, n]);
+  const weights = new Map<string, { dtype: 'F32'; shape: number[]; data: Uint8Array }>();
+  let cur = 'x';
+  for (let s = 0; s < stages; s++) {
+    const b = seededFloats(n, 500 + s, 0.01);
+    weights.set(`bias${s}`, { dtype: 'F32', shape: [n], data: new Uint8Array(b.buffer) });
+    g.initializer(`bias${s}`, 'F32', [n], new Float32Array(n));
+    const out = s === stages - 1 ? 'y' : `a${s}`;
+    g.node('Add', [cur, `bias${s}`], [out]);
+    cur = out;
+  }
+  g.output('y', 'F32', [1, n]);
+  return {
+    model: g.model(), weights,
+    stageOf: (P) => (name) => (name.startsWith('bias') ? Math.floor((Number(name.slice(4)) * P) / stages) : undefined),
+    sampleInput: () => ({ x: { dims: [1, n], data: seededFloats(n, 9, 1) } }),
+  };
+}
+
+function mergedModel(net: SampleNetwork): Uint8Array {
+  return buildStageModel(net.model, planPipeline(net.model, { stages: 1 }), 0, net.weights);
+}
+
+async function singleProcess(net: SampleNetwork, shape: number[], data: Float32Array): Promise<{ c1: Stats; c8: Stats }> {
+  const session = await ort.InferenceSession.create(mergedModel(net), sessionOptions());
+  const feeds = { x: new ort.Tensor('float32', data, shape) };
+  const once = async () => void (await session.run(feeds));
+  const c1 = await load(once, N1, 1);
+  const c8 = await load(once, N8, 8);
+  await session.release();
+  return { c1, c8 };
+}
+
+async function withGroup<T>(dir: string, net: SampleNetwork, stages: number, fn: (grpc: string, http: string) => Promise<T>): Promise<T> {
+  const fixture = writeServeFixture(join(dir, `${net.model.graph!.name}-${stages}`), net, stages);
+  const ports = { grpc: await freePort(), http: await freePort(), rank: await freePortRange(stages) };
+  const group = new LocalGroup({ config: fixtureConfig(fixture, ports, 'net'), log: () => {} });
+  group.start();
+  try {
+    await group.waitReady(180_000);
+    return await fn(`127.0.0.1:${ports.grpc}`, `http://127.0.0.1:${ports.http}`);
+  } finally {
+    await group.stop(10_000);
+  }
+}
+
+/** The cached venv with kserve + onnxruntime (bench/requirements-serve.txt), installed on first use. */
+function ensureBenchVenv(): { python?: string; error?: string } {
+  const req = join(HERE, 'requirements-serve.txt');
+  const hash = createHash('sha256').update(readFileSync(req)).digest('hex').slice(0, 16);
+  const dir = cacheDir(`venv-bench-serve-${hash}`);
+  const python = join(dir, 'bin', 'python');
+  const marker = join(dir, 'shardserve-bench-ok');
+  if (existsSync(marker)) return { python };
+  log(`bench: installing kserve + onnxruntime into ${dir} (once) ...`);
+  const mk = spawnSync('python3', ['-m', 'venv', dir], { encoding: 'utf8', timeout: 120_000 });
+  if (mk.status !== 0) return { error: `python3 -m venv failed: ${(mk.stderr || mk.error?.message || '').trim().slice(-400)}` };
+  const pip = spawnSync(python, ['-m', 'pip', 'install', '-q', '-r', req], { encoding: 'utf8', timeout: 30 * 60_000 });
+  if (pip.status !== 0) return { error: `pip install -r bench/requirements-serve.txt failed: ${(pip.stderr || pip.error?.message || '').trim().slice(-600)}` };
+  const check = spawnSync(python, ['-c', 'import kserve, onnxruntime'], { encoding: 'utf8', timeout: 120_000 });
+  if (check.status !== 0) return { error: `kserve does not import: ${check.stderr.trim().slice(-600)}` };
+  writeFileSync(marker, new Date().toISOString());
+  return { python };
+}
+
+async function kserveRun(dir: string, net: SampleNetwork, shape: number[], data: Float32Array) {
+  const venv = ensureBenchVenv();
+  if (!venv.python) return { error: venv.error };
+  const modelPath = join(dir, 'kserve-model.onnx');
+  writeFileSync(modelPath, mergedModel(net));
+  const [httpPort, grpcPort] = [await freePort(), await freePort()];
+  const report = join(dir, 'kserve-report.json');
+  const child: ChildProcess = spawn(venv.python, [join(HERE, 'kserve_server.py')], {
+    env: { ...process.env, KSB_MODEL_PATH: modelPath, KSB_MODEL_NAME: 'net', KSB_HTTP_PORT: String(httpPort), KSB_GRPC_PORT: String(grpcPort), KSB_INPUT_SHAPE: JSON.stringify(shape), KSB_REPORT: report },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  child.stderr!.on('data', (d) => (output += d));
+  try {
+    const until = Date.now() + 180_000;
+    for (;;) {
+      const ok = await fetch(`http://127.0.0.1:${httpPort}/v2/models/net/ready`, { signal: AbortSignal.timeout(1000) }).then((r) => r.status === 200, () => false);
+      if (ok) break;
+      if (Date.now() > until || child.exitCode !== null) return { error: `KServe model server did not become ready: ${output.slice(-800)}` };
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    const info = JSON.parse(readFileSync(report, 'utf8'));
+    const g = grpcInfer(`127.0.0.1:${grpcPort}`, 'net', 'x', shape, data);
+    const grpcC1 = await load(g.once, N1, 1);
+    const grpcC8 = await load(g.once, N8, 8);
+    g.close();
+    const restC1 = await load(restInfer(`http://127.0.0.1:${httpPort}`, 'net', 'x', shape, data), N1, 1);
+    return { info, grpc_c1: grpcC1, grpc_c8: grpcC8, rest_c1: restC1 };
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 500));
+    if (child.exitCode === null) child.kill('SIGKILL');
+  }
+}
+
+async function main() {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-serve-'));
+  const started = new Date().toISOString();
+  const net = mlpNetwork([256, 1024, 1024, 1024, 256]);
+  const BATCH = 4;
+  const input = net.sampleInput(BATCH).x;
+  const shape = input.dims;
+  log(`bench: model MLP 256-1024-1024-1024-256, batch ${BATCH}; ${N1} requests at concurrency 1, ${N8} at 8`);
+
+  log('bench: single-process onnxruntime-node ...');
+  const single = await singleProcess(net, shape, input.data);
+  const pipeline: Record<string, unknown> = {};
+  for (const stages of [1, 2, 4]) {
+    log(`bench: shardserve, ${stages} stage(s) ...`);
+    pipeline[`${stages}_stages`] = await withGroup(dir, net, stages, async (grpcAddr, httpBase) => {
+      const g = grpcInfer(grpcAddr, 'net', 'x', shape, input.data);
+      const c1 = await load(g.once, N1, 1);
+      const c8 = await load(g.once, N8, 8);
+      g.close();
+      const rest_c1 = stages === 1 ? await load(restInfer(httpBase, 'net', 'x', shape, input.data), N1, 1) : undefined;
+      return { grpc_c1: c1, grpc_c8: c8, ...(rest_c1 ? { rest_c1 } : {}) };
+    });
+  }
+
+  log('bench: stage hop with a 64 KiB activation ...');
+  const hop = hopNetwork(4);
+  const hopInput = hop.sampleInput(1).x;
+  const hopP50: Record<number, number> = {};
+  for (const stages of [1, 2, 4]) {
+    hopP50[stages] = await withGroup(dir, hop, stages, async (grpcAddr) => {
+      const g = grpcInfer(grpcAddr, 'net', 'x', hopInput.dims, hopInput.data);
+      const s = await load(g.once, N1, 1);
+      g.close();
+      return s.p50_ms;
+    });
+  }
+  const perHop2 = hopP50[2] - hopP50[1];
+  const perHop4 = (hopP50[4] - hopP50[1]) / 3;
+
+  log('bench: KServe Python model server (kserve + onnxruntime) ...');
+  const kserve = await kserveRun(dir, net, shape, input.data);
+
+  const ours1 = (pipeline['1_stages'] as any).grpc_c1.p50_ms as number;
+  const oursOverhead = ours1 - single.c1.p50_ms;
+  const r3 = (x: number) => Math.round(x * 1000) / 1000;
+  const result = {
+    benchmark: 'serve',
+    started,
+    machine: { cpus: cpus().length, cpu: cpus()[0]?.model, node: process.version, onnxruntime_node: (ort as any).env?.versions?.node ?? 'see package.json', note: 'shared 2-core machine; other work was running' },
+    model: { net: 'MLP 256-1024-1024-1024-256 (float32), 4 parameter groups (one per stage at 4 stages)', batch: BATCH, input_bytes: input.data.byteLength },
+    session: { graph_optimization: 'basic', intra_op_threads: 1 },
+    single_process_onnxruntime_node: { c1: single.c1, c8: single.c8 },
+    shardserve: pipeline,
+    stage_hop_64KiB: {
+      activation_bytes: 65536,
+      p50_ms_by_stages: hopP50,
+      added_p50_ms_per_hop_from_2_stages: r3(perHop2),
+      added_p50_ms_per_hop_from_4_stages: r3(perHop4),
+      target_ms: 0.5,
+      meets_target: Math.max(perHop2, perHop4) <= 0.5,
+      method: 'p50 end-to-end latency (gRPC front door, concurrency 1) of a model whose stages are one Add on a [1,16384] float32 tensor, cut into P stages; per hop = (p50(P) - p50(1)) / (P - 1)',
+    },
+    kserve: 'error' in kserve && kserve.error ? { error: kserve.error } : kserve,
+    front_door_overhead: 'error' in kserve && kserve.error ? { ours_ms: r3(oursOverhead), error: kserve.error } : (() => {
+      const k = kserve as any;
+      const theirs = k.grpc_c1.p50_ms - k.info.ort_p50_ms;
+      return {
+        method: 'gRPC ModelInfer p50 at concurrency 1 minus the same model\'s onnxruntime session.run p50 in the same language (Node for ours, Python for KServe)',
+        ours_ms: r3(oursOverhead), kserve_ms: r3(theirs), ratio: r3(oursOverhead / theirs), target_ratio: 1 / 3, meets_target: oursOverhead <= theirs / 3,
+      };
+    })(),
+  };
+  mkdirSync(join(HERE, 'results'), { recursive: true });
+  const out = join(HERE, 'results', 'serve.json');
+  writeFileSync(out + '.tmp', JSON.stringify(result, null, 2) + '\n');
+  renameSync(out + '.tmp', out);
+  rmSync(dir, { recursive: true, force: true });
+  process.stdout.write(JSON.stringify(result, null, 2) + '\n');
+  log(`bench: wrote ${out}`);
+}
+
+await main();
