@@ -3,7 +3,7 @@ import { DTYPE_BYTES, type DType } from '../dtype.js';
 import { ShardserveError } from '../errors.js';
 import { type Box, distinctPieces, fullShapeFromSlice, intersectBoxes, product, rankBox } from '../layout/box.js';
 import type { ParamLayout, Strategy } from '../strategy/types.js';
-import { coalesceRanges, copyForOverlap, type CopyOp, forEachRun, tensorRunToFile } from './runs.js';
+import { coalesceRanges, copyForOverlap, type CopyOp, forEachRun, runCount, sourceSpan, tensorRunToFile } from './runs.js';
 
 /** One source checkpoint file (one training rank), indexed. */
 export interface SourceFile {
@@ -210,7 +210,10 @@ export function planRank(input: PlanInput): ReadPlan {
       const entry = files.get(op.rank)!.tensors.get(t.name)!;
       const list = perFile.get(op.rank) ?? [];
       perFile.set(op.rank, list);
-      forEachRun(op, (srcOffset, _dst, length) => tensorRunToFile(entry, srcOffset, length, (fileOffset, _t, len) => list.push({ offset: fileOffset, length: len })));
+      const span = sourceSpan(op);
+      // A copy whose runs tile a stretch of the source is that stretch; otherwise run by run.
+      if (span === runCount(op) * op.runBytes) tensorRunToFile(entry, op.srcOffset, span, (fileOffset, _t, len) => list.push({ offset: fileOffset, length: len }));
+      else forEachRun(op, (srcOffset, _dst, length) => tensorRunToFile(entry, srcOffset, length, (fileOffset, _t, len) => list.push({ offset: fileOffset, length: len })));
     }
   }
   const fileReads: FileReads[] = [...perFile.entries()]

@@ -90,6 +90,14 @@ export function forEachRun(op: CopyOp, visit: (srcOffset: number, dstOffset: num
   }
 }
 
+/** Bytes of the source tensor from a copy's first run to the end of its last. */
+export function sourceSpan(op: CopyOp): number {
+  if (op.runBytes === 0 || op.counts.some((c) => c === 0)) return 0;
+  let last = op.srcOffset;
+  for (let d = 0; d < op.counts.length; d++) last += (op.counts[d] - 1) * op.srcStrides[d];
+  return last + op.runBytes - op.srcOffset;
+}
+
 /** Number of contiguous runs of a copy. */
 export function runCount(op: CopyOp): number {
   return op.counts.reduce((a, b) => a * b, 1);

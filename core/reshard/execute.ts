@@ -1,7 +1,7 @@
-import type { CheckpointIndex } from '../checkpoint/types.js';
+import type { CheckpointIndex, TensorEntry } from '../checkpoint/types.js';
 import { ShardserveError } from '../errors.js';
 import type { ReadPlan, TensorPlan } from '../plan/planner.js';
-import { forEachRun, tensorRunToFile } from '../plan/runs.js';
+import { type CopyOp, forEachRun, runCount, sourceSpan, tensorRunToFile } from '../plan/runs.js';
 import { readRanges } from '../storage/ranged-read.js';
 
 export interface ExecuteOptions {
@@ -23,11 +23,49 @@ export interface ExecuteStats {
   requests: number;
 }
 
-interface Run {
+/** One read of a source file and where its bytes go. */
+interface ReadUnit {
   fileOffset: number;
   length: number;
-  dst: Uint8Array;
-  dstOffset: number;
+  scatter(bytes: Uint8Array): void;
+}
+
+/** Reads of at most this many bytes each, so a large piece never sits in memory twice. */
+const UNIT_BYTES = 8 * 1024 * 1024;
+
+/**
+ * The reads of one copy. When its runs tile a contiguous stretch of the source tensor (whole rows,
+ * whole slices) the stretch is read in large units and scattered run by run; otherwise every run
+ * is its own read.
+ */
+function readUnitsOf(op: CopyOp, entry: TensorEntry, dst: Uint8Array, units: ReadUnit[]): void {
+  const runs = runCount(op);
+  if (runs === 0 || op.runBytes === 0) return;
+  const span = sourceSpan(op);
+  const out = dst;
+  if (span === runs * op.runBytes) {
+    for (let lo = op.srcOffset; lo < op.srcOffset + span; lo += UNIT_BYTES) {
+      const hi = Math.min(lo + UNIT_BYTES, op.srcOffset + span);
+      tensorRunToFile(entry, lo, hi - lo, (fileOffset, tensorOffset, length) => {
+        units.push({
+          fileOffset,
+          length,
+          scatter(bytes) {
+            const end = tensorOffset + length;
+            forEachRun(op, (src, dstOffset, len) => {
+              const a = Math.max(src, tensorOffset);
+              const z = Math.min(src + len, end);
+              if (a < z) out.set(bytes.subarray(a - tensorOffset, z - tensorOffset), dstOffset + (a - src));
+            });
+          },
+        });
+      });
+    }
+    return;
+  }
+  forEachRun(op, (src, dstOffset, len) =>
+    tensorRunToFile(entry, src, len, (fileOffset, tensorOffset, length) =>
+      units.push({ fileOffset, length, scatter: (bytes) => out.set(bytes, dstOffset + (tensorOffset - src)) })));
 }
 
 function isRemote(uri: string): boolean {
@@ -58,44 +96,29 @@ export async function executePlan(
       batch.push(plan.tensors[i++]);
     }
     const buffers = batch.map((t) => new Uint8Array(t.byteLength));
-    const runsByRank = new Map<number, Run[]>();
+    const unitsByRank = new Map<number, ReadUnit[]>();
     batch.forEach((t, bi) => {
       for (const op of t.copies) {
         const index = sources.get(op.rank);
         const entry = index?.tensors.get(t.name);
         if (!index || !entry) throw new ShardserveError('Internal', `parameter '${t.name}': the plan reads rank ${op.rank}, which was not opened`, { param: t.name });
-        const runs = runsByRank.get(op.rank) ?? [];
-        runsByRank.set(op.rank, runs);
-        forEachRun(op, (srcOffset, dstOffset, length) =>
-          tensorRunToFile(entry, srcOffset, length, (fileOffset, tensorOffset, len) =>
-            runs.push({ fileOffset, length: len, dst: buffers[bi], dstOffset: dstOffset + (tensorOffset - srcOffset) })));
+        const units = unitsByRank.get(op.rank) ?? [];
+        unitsByRank.set(op.rank, units);
+        readUnitsOf(op, entry, buffers[bi], units);
       }
     });
-    await Promise.all([...runsByRank.entries()].map(async ([rank, runs]) => {
+    await Promise.all([...unitsByRank.entries()].map(async ([rank, units]) => {
       const source = sources.get(rank)!.source;
-      runs.sort((a, b) => a.fileOffset - b.fileOffset);
-      // Touching runs become one range; the sink scatters a range back into its runs.
-      const groups: { offset: number; length: number; runs: Run[] }[] = [];
-      for (const run of runs) {
-        const last = groups[groups.length - 1];
-        if (last && run.fileOffset === last.offset + last.length) {
-          last.length += run.length;
-          last.runs.push(run);
-        } else {
-          groups.push({ offset: run.fileOffset, length: run.length, runs: [run] });
-        }
-      }
-      const byOffset = new Map(groups.map((g) => [g.offset, g]));
+      units.sort((a, b) => a.fileOffset - b.fileOffset);
+      // Units never overlap (distinct pieces are disjoint), so a range's offset identifies its unit.
+      const byOffset = new Map(units.map((u) => [u.fileOffset, u]));
       const result = await readRanges(
         source,
-        groups.map((g) => ({ offset: g.offset, length: g.length })),
+        units.map((u) => ({ offset: u.fileOffset, length: u.length })),
         { concurrency: opts.concurrency ?? 4, coalesceGap: opts.coalesceGap ?? (isRemote(source.uri) ? 64 * 1024 : 0), signal: opts.signal },
-        (range, data) => {
-          const g = byOffset.get(range.offset)!;
-          for (const run of g.runs) run.dst.set(data.subarray(run.fileOffset - g.offset, run.fileOffset - g.offset + run.length), run.dstOffset);
-        },
+        (range, data) => byOffset.get(range.offset)!.scatter(data),
       );
-      stats.readBytes += groups.reduce((s, g) => s + g.length, 0);
+      stats.readBytes += units.reduce((s, u) => s + u.length, 0);
       stats.bytesTransferred += result.bytesTransferred;
       stats.requests += result.requests;
     }));
