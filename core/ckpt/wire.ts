@@ -121,15 +121,23 @@ export function decodeUtf8(bytes: Uint8Array, pos: number): string {
 
 /** Encoder side: a growable byte buffer with protobuf primitives. */
 export class WireWriter {
-  private chunks: number[] = [];
+  private parts: Uint8Array[] = [];
+  private small: number[] = [];
+
+  private flush(): void {
+    if (this.small.length) {
+      this.parts.push(Uint8Array.from(this.small));
+      this.small = [];
+    }
+  }
 
   varint(v: number | bigint): this {
     let x = BigInt.asUintN(64, BigInt(v));
     while (x >= 0x80n) {
-      this.chunks.push(Number(x & 0x7fn) | 0x80);
+      this.small.push(Number(x & 0x7fn) | 0x80);
       x >>= 7n;
     }
-    this.chunks.push(Number(x));
+    this.small.push(Number(x));
     return this;
   }
 
@@ -139,7 +147,8 @@ export class WireWriter {
 
   bytes(field: number, data: Uint8Array): this {
     this.key(field, WIRE_LEN).varint(data.length);
-    for (const b of data) this.chunks.push(b);
+    this.flush();
+    this.parts.push(data);
     return this;
   }
 
@@ -148,7 +157,14 @@ export class WireWriter {
   }
 
   finish(): Uint8Array {
-    return Uint8Array.from(this.chunks);
+    this.flush();
+    const out = new Uint8Array(this.parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of this.parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
   }
 }
 
