@@ -106,6 +106,18 @@ describe('createTensorFileWriter safetensors', () => {
   });
 });
 
+describe('createTensorFileWriter safetensors header order', () => {
+  it('lists integer-like names in sorted order too, matching the offsets', async () => {
+    const path = join(await tmp(), 'n.safetensors');
+    const w = await createTensorFileWriter(path, 'safetensors', [{ name: 'b', dtype: 'U8', shape: [1] }, { name: '10', dtype: 'U8', shape: [1] }, { name: '2', dtype: 'U8', shape: [1] }]);
+    for (const n of ['b', '10', '2']) await w.writeAt(n, 0, Buffer.from(n.slice(0, 1)));
+    await w.commit();
+    const bytes = await readFile(path);
+    const text = bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString();
+    expect(text.trimEnd()).toBe('{"10":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"2":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}}');
+  });
+});
+
 describe('createTensorFileWriter errors and atomicity', () => {
   it('leaves no file behind on abort, and only the final file after commit', async () => {
     const dir = await tmp();

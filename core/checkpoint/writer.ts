@@ -240,9 +240,12 @@ function safetensorsLayout(path: string, specs: TensorSpec[], opts: TensorFileWr
     if (crc !== undefined) m.crc_num = crc;
     return Object.keys(m).length ? m : undefined;
   };
+  // Built by hand so the key order is exactly metadata then sorted names (a JS object would move
+  // integer-like names first, and MindSpore checks offsets are contiguous in header order).
   const headerJson = (crc?: string) => {
     const m = meta(crc);
-    return Buffer.from(JSON.stringify(m ? { __metadata__: m, ...entries } : entries));
+    const items = [...(m ? [`"__metadata__":${JSON.stringify(m)}`] : []), ...names.map((n) => `${JSON.stringify(n)}:${JSON.stringify(entries[n])}`)];
+    return Buffer.from(`{${items.join(',')}}`);
   };
   // Pad with spaces (allowed by the format) so the buffer starts 8-byte aligned; with a CRC the
   // header is sized for the longest crc_num so the final value fits in the same space.
