@@ -41,10 +41,8 @@ export function toOrtTensor(t: Tensor): ort.Tensor {
 
 export function fromOrtTensor(name: string, v: ort.Tensor): Tensor {
   const data = v.data as unknown as ArrayBufferView;
-  // Own copy: ORT may reuse its output buffers.
-  const bytes = new Uint8Array(data.byteLength);
-  bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-  return { name, datatype: oipOfOrtType(v.type), shape: [...v.dims], data: bytes };
+  // No copy: onnxruntime-node allocates fresh output buffers on every run (no preallocated outputs here).
+  return { name, datatype: oipOfOrtType(v.type), shape: [...v.dims], data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
 }
 
 /** One onnxruntime session; runs are serialized (one stage = one device's worth of compute). */
