@@ -40,7 +40,7 @@ export const indexCommand: Command = {
     const manifest = await buildManifest(storage, {
       onFile: (f, done, total) => {
         if (!values.quiet && !values.json) {
-          const what = f.index ? `${f.index.format}, ${f.index.tensors.length} tensors` : f.encryption ? `encrypted (${f.encryption}), not indexed` : 'listed';
+          const what = f.index ? `${f.index.format}, ${f.index.tensors.length} tensors` : f.encryption ? `encrypted (${f.encryption}), not indexed` : f.skipped ? `listed, not indexed (${f.skipped})` : 'listed';
           process.stderr.write(`[${done}/${total}] ${f.key}: ${what}\n`);
         }
       },

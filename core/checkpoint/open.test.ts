@@ -55,6 +55,7 @@ beforeAll(async () => {
   await writeFile(join(dir, 'rank_0', 'noext-st'), safetensorsBytes());
   await writeFile(join(dir, 'rank_0', 'noext-ckpt'), Buffer.concat(records.slice(0, 2)));
   await writeFile(join(dir, 'rank_0', 'enc.ckpt'), encryptCkpt(Buffer.concat(records.slice(0, 2)), new Uint8Array(16).fill(7), 'AES-GCM'));
+  await writeFile(join(dir, 'strategy.ckpt'), new Uint8Array([0x08, 0x01, 0x12, 0x00]));
   await writeFile(join(dir, 'rank_0', 'noext-junk'), new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]));
 });
 afterAll(() => rm(dir, { recursive: true, force: true }));
@@ -82,6 +83,7 @@ describe('openCheckpointObject', () => {
     expect(entry.index?.tensors.length).toBe(40);
     expect(manifest.files.find((f) => f.key === 'rank_0/enc.ckpt')).toMatchObject({ encryption: 'AES-GCM' });
     expect(manifest.files.find((f) => f.key === 'rank_0/enc.ckpt')?.index).toBeUndefined();
+    expect(manifest.files.find((f) => f.key === 'strategy.ckpt')?.skipped).toMatch(/strategy\.ckpt: corrupt checkpoint at offset 0/);
     await writeManifest(st, manifest);
     expect(JSON.parse(await readFile(join(dir, MANIFEST_NAME), 'utf8')).files.length).toBe(manifest.files.length);
 

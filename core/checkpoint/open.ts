@@ -81,6 +81,8 @@ export async function openCheckpointObject(storage: Storage, key: string, opts: 
   }
 }
 
+const NOT_A_CHECKPOINT = new Set(['CorruptCheckpoint', 'CorruptSafetensors', 'UnknownFormat', 'EmptyFile']);
+
 export interface BuildManifestOptions {
   /** Called after each object (for progress output). */
   onFile?: (file: ManifestFile, done: number, total: number) => void;
@@ -104,9 +106,15 @@ export async function buildManifest(storage: Storage, opts: BuildManifestOptions
         const mode = head.length === 4 ? cipherModeOfMagic(new DataView(head.buffer, head.byteOffset, 4).getUint32(0, true)) : undefined;
         if (mode && o.key.toLowerCase().endsWith('.ckpt')) entry.encryption = mode;
         else {
-          const format = await detectFormat(source, o.key);
-          const index = format === 'safetensors' ? await indexSafetensors(source) : await indexCkpt(source);
-          entry.index = indexToManifest(index);
+          try {
+            const format = await detectFormat(source, o.key);
+            const index = format === 'safetensors' ? await indexSafetensors(source) : await indexCkpt(source);
+            entry.index = indexToManifest(index);
+          } catch (e) {
+            // A strategy file is a .ckpt too: such objects are listed, with the reason they carry no index.
+            if (!(e instanceof ShardserveError) || !NOT_A_CHECKPOINT.has(e.code)) throw e;
+            entry.skipped = e.message;
+          }
         }
       } finally {
         await source.close().catch(() => {});

@@ -39,6 +39,8 @@ export interface ManifestFile {
   mtimeMs?: number;
   /** Record index of a plain checkpoint (never of an encrypted one: its offsets need the key). */
   index?: ManifestIndex;
+  /** Why a .ckpt/.safetensors-named object was not indexed (e.g. a strategy file that is not a checkpoint). */
+  skipped?: string;
   /** Set for an encrypted checkpoint, whose index is not stored. */
   encryption?: CheckpointIndex['encryption'];
 }

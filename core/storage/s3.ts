@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { AwsV4Signer } from 'aws4fetch';
 import { ShardserveError } from '../errors.js';
+import { MANIFEST_NAME } from './manifest.js';
 import { bodyBytes, networkError, parseContentRange, remoteSource, requestTimeoutMs, retried } from './remote.js';
 import { TransientError } from './retry.js';
 import { resolveS3Config, type S3Config } from './s3-config.js';
@@ -238,7 +239,7 @@ export async function openS3Storage(uri: string, opts: S3StorageOptions = {}): P
       const listPrefix = prefix ? `${prefix}/` : '';
       const items = await client.list(bucket, listPrefix, uriOf(''), pageSize);
       return items
-        .filter((o) => !o.key.endsWith('/'))
+        .filter((o) => !o.key.endsWith('/') && o.key.split('/').pop() !== MANIFEST_NAME)
         .map((o) => ({ key: o.key.slice(listPrefix.length), size: o.size, etag: o.etag }))
         .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     },

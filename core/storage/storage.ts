@@ -23,7 +23,11 @@ export interface ObjectInfo {
 export interface Storage {
   /** The root as the user wrote it. */
   readonly uri: string;
-  /** Every object below the root, recursively, sorted by key. */
+  /**
+   * Every object below the root, recursively, sorted by key. The `shardserve-index.json` manifest
+   * is storage metadata and is never listed (so strategy-directory readers do not mistake it for a
+   * JSON strategy); read it by name.
+   */
   list(): Promise<ObjectInfo[]>;
   stat(key: string): Promise<ObjectInfo>;
   /**
@@ -39,6 +43,9 @@ export interface Storage {
 }
 
 export type StorageFactory = (uri: string) => Promise<Storage>;
+
+/** Same as MANIFEST_NAME in manifest.ts (not imported, to keep this module free of the manifest code). */
+const MANIFEST_FILE = 'shardserve-index.json';
 
 const factories = new Map<string, StorageFactory>();
 
@@ -98,7 +105,7 @@ function localStorage(root: string, uri: string): Storage {
         for (const ent of entries) {
           const key = prefix ? `${prefix}/${ent.name}` : ent.name;
           if (ent.isDirectory()) await walk(join(dir, ent.name), key);
-          else if (ent.isFile()) {
+          else if (ent.isFile() && ent.name !== MANIFEST_FILE) {
             const st = await stat(join(dir, ent.name));
             out.push({ key, size: st.size, etag: `${st.size}-${st.mtimeMs}`, mtimeMs: st.mtimeMs });
           }
