@@ -29,6 +29,10 @@ function safetensors(tensors: Array<[string, StageWeight]>): Buffer {
   return Buffer.concat([len, Buffer.from(json), ...tensors.map(([, t]) => Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength))]);
 }
 
+export function writeSafetensors(path: string, tensors: Array<[string, StageWeight]>): void {
+  writeFileSync(path, safetensors(tensors));
+}
+
 export interface ServeFixture {
   dir: string;
   model: string;

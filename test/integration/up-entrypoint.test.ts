@@ -6,7 +6,7 @@ import * as ort from 'onnxruntime-node';
 import { afterAll, describe, expect, it } from 'vitest';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
 import { call, oipClient } from './serve-client.js';
-import { fixtureConfig, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
+import { fixtureConfig, singleDeviceOutputs, writeSafetensors, writeServeFixture } from './serve-fixture.js';
 import { bytesOf, freePortBlock, freePorts } from './serve-models.js';
 
 // The container entrypoint (`shardserve rank` with the pod environment) and the image definition.
@@ -96,6 +96,36 @@ describe('shardserve rank (the entrypoint command) with the pod environment', ()
     expect(readFileSync(log, 'utf8').trim()).toBe('strategy has 4 stages, spec asks for 2');
     expect(proc.output()).toMatch(/shardserve rank: strategy has 4 stages, spec asks for 2/);
   }, 60_000);
+
+  const loadCases: Array<[string, (f: ReturnType<typeof writeServeFixture>, dir: string) => object, RegExp, number?]> = [
+    ['a cut tensor the graph does not have', (f) => ({ model: { uri: f.model, cutTensors: ['no_such_tensor'] }, parallelism: { pipelineStages: 2, tensorParallel: 1 } }),
+      /cut tensor 'no_such_tensor' \(boundary 0\) is not a tensor of the graph/, 2],
+    ['a checkpoint without a weight the stage needs', (f) => {
+      // Rewrite rank 0's file without layers.0.bias: the checkpoint no longer holds it.
+      const net = mlpNetwork();
+      const w = [...net.weights].filter(([n]) => n !== 'layers.0.bias' && n.startsWith('layers.0'));
+      writeSafetensors(join(f.checkpoint, 'rank_0', 'model.safetensors'), w);
+      return {};
+    }, /layers\.0\.bias/],
+  ];
+  for (const [name, change, message, stages = 1] of loadCases) {
+    it(`refuses ${name} before serving (termination log names it)`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'rank-entry-'));
+      const fixture = writeServeFixture(join(dir, 'fixture'), mlpNetwork(), 1);
+      const [grpc, http] = await freePorts(2);
+      const rank = await freePortBlock(stages);
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...fixtureConfig(fixture, { grpc, http, rank }), ...change(fixture, dir) }));
+      const log = join(dir, 'termination-log');
+      const proc = runCli(['rank'], {
+        SHARDSERVE_RANK: '0', SHARDSERVE_WORLD_SIZE: String(stages), SHARDSERVE_PIPELINE_STAGES: String(stages), SHARDSERVE_TENSOR_PARALLEL: '1',
+        SHARDSERVE_PEERS: '127.0.0.1:{port}', SHARDSERVE_CONFIG: join(dir, 'config.json'), SHARDSERVE_BIND_HOST: '127.0.0.1',
+        SHARDSERVE_TERMINATION_LOG: log,
+      });
+      expect(await proc.exited).toBe(1);
+      expect(readFileSync(log, 'utf8')).toMatch(message);
+      expect(proc.output()).not.toMatch(/READY/);
+    }, 60_000);
+  }
 
   const envCases: Array<[string, NodeJS.ProcessEnv, RegExp]> = [
     ['tensor parallel > 1', { SHARDSERVE_WORLD_SIZE: '2', SHARDSERVE_PIPELINE_STAGES: '1', SHARDSERVE_TENSOR_PARALLEL: '2' }, /SHARDSERVE_TENSOR_PARALLEL=2: tensor-parallel stages are not supported yet \(expected 1\)/],
