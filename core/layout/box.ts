@@ -125,11 +125,11 @@ export function optShardIndex(shard: OptShard, coord: readonly number[]): number
   return idx;
 }
 
-function checkRank(layout: ParamLayout, shapeRank: number, ctx: LayoutContext): void {
+function checkRank(layout: ParamLayout, shapeRank: number, ctx: LayoutContext, allowField = false): void {
   if (layout.tensorMap.length !== shapeRank) {
     throw layoutError('LayoutMismatch', `tensor_map ${JSON.stringify(layout.tensorMap)} has ${layout.tensorMap.length} dims but the tensor has ${shapeRank}`, ctx);
   }
-  if (layout.field > 0) throw layoutError('Unsupported', `field-split layouts (field=${layout.field}) are not supported`, ctx);
+  if (layout.field > 0 && !allowField) throw layoutError('Unsupported', `field-split layouts (field=${layout.field}) are only supported as a source`, ctx);
   const uneven = layout.paramSplitShape.length > 0;
   if (uneven && layout.paramSplitShape.length !== layout.indicesOffset.length) {
     throw layoutError('BadLayout', `param_split_shape has ${layout.paramSplitShape.length} entries but indices_offset has ${layout.indicesOffset.length}`, ctx);
@@ -164,7 +164,7 @@ function checkLocalRank(layout: ParamLayout, localRank: number, ctx: LayoutConte
  * × the optimizer-shard count on dim 0; for a manual uneven split, dim 0 from indices_offset.
  */
 export function fullShapeFromSlice(layout: ParamLayout, sliceShape: readonly number[], localRank: number, ctx: LayoutContext = {}): number[] {
-  checkRank(layout, sliceShape.length, ctx);
+  checkRank(layout, sliceShape.length, ctx, true);
   checkLocalRank(layout, localRank, ctx);
   const strategy = tensorStrategy(layout, ctx);
   const full = sliceShape.map((s, i) => s * strategy[i]);
@@ -268,4 +268,24 @@ export function distinctPieces(layout: ParamLayout, fullShape: readonly number[]
     else byKey.set(key, { box, holders: [r] });
   }
   return [...byKey.values()];
+}
+
+/**
+ * A field-split layout (`field` = f > 0, wide&deep embedding tables, reference §2.5) in the view where
+ * it is an ordinary layout: dim 0 of the full tensor is seen as [f, full0 / f] and the split applies to
+ * the inner part, so a rank holds rows of every field block. The C-order bytes of the full tensor and
+ * of every rank's slice are the same in both views.
+ */
+export function fieldView(layout: ParamLayout, fullShape: readonly number[], ctx: LayoutContext = {}): { layout: ParamLayout; fullShape: number[] } {
+  const f = layout.field;
+  if (fullShape.length === 0 || fullShape[0] % f !== 0) {
+    throw layoutError('BadLayout', `field ${f} does not divide dim 0 of full shape [${fullShape.join(',')}]`, ctx);
+  }
+  if (layout.paramSplitShape.length > 0 || (layout.optShardSize && layout.optShardStep)) {
+    throw layoutError('Unsupported', `field ${f} together with an uneven split or optimizer sharding is not supported`, ctx);
+  }
+  return {
+    layout: { ...layout, field: 0, tensorMap: [-1, ...layout.tensorMap], tensorShape: undefined },
+    fullShape: [f, fullShape[0] / f, ...fullShape.slice(1)],
+  };
 }

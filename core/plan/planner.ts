@@ -1,7 +1,7 @@
 import type { ByteRange, TensorEntry } from '../checkpoint/types.js';
 import { DTYPE_BYTES, type DType } from '../dtype.js';
 import { ShardserveError } from '../errors.js';
-import { type Box, distinctPieces, fullShapeFromSlice, intersectBoxes, product, rankBox } from '../layout/box.js';
+import { type Box, distinctPieces, fieldView, fullShapeFromSlice, intersectBoxes, product, rankBox } from '../layout/box.js';
 import type { ParamLayout, Strategy } from '../strategy/types.js';
 import { coalesceRanges, copyForOverlap, type CopyOp, forEachRun, runCount, sourceSpan, tensorRunToFile } from './runs.js';
 
@@ -187,9 +187,20 @@ export function planRank(input: PlanInput): ReadPlan {
     const elemBytes = DTYPE_BYTES[dtype];
     const dstBox = dstLayout ? rankBox(dstLayout, shape, local, { param: name, file: destination.kind === 'strategy' ? destination.strategy.uri : undefined }) : { offsets: shape.map(() => 0), sizes: [...shape] };
     const copies: CopyOp[] = [];
-    const pieces = distinctPieces(srcLayout, shape, { param: name, file: source.uri });
+    // A field-split source is planned in the view where it is an ordinary layout (same bytes).
+    let viewLayout = srcLayout;
+    let viewShape = shape;
+    let viewDst = dstBox;
+    if (srcLayout.field > 0) {
+      if (dstBox.sizes.length === 0 || dstBox.sizes[0] !== shape[0]) {
+        throw new ShardserveError('Unsupported', `parameter '${name}': a field-split (field=${srcLayout.field}) source can only go to destinations that keep dim 0 whole`, { param: name });
+      }
+      ({ layout: viewLayout, fullShape: viewShape } = fieldView(srcLayout, shape, { param: name, file: source.uri }));
+      viewDst = { offsets: [0, 0, ...dstBox.offsets.slice(1)], sizes: [viewShape[0], viewShape[1], ...dstBox.sizes.slice(1)] };
+    }
+    const pieces = distinctPieces(viewLayout, viewShape, { param: name, file: source.uri });
     for (const piece of pieces) {
-      const overlap = intersectBoxes(piece.box, dstBox);
+      const overlap = intersectBoxes(piece.box, viewDst);
       if (!overlap || product(overlap.sizes) === 0) continue;
       const available = piece.holders.filter((h) => files.get(firstRank + h)?.tensors.has(name));
       if (available.length === 0) {
@@ -199,7 +210,7 @@ export function planRank(input: PlanInput): ReadPlan {
         throw new ShardserveError('MissingRank', `parameter '${name}': the piece at ${shapeText(piece.box.offsets)} of size ${shapeText(piece.box.sizes)} is only in ${wanted}, and those checkpoint files are ${why}`, { param: name });
       }
       const holder = available.includes(local) ? local : available[0];
-      copies.push(copyForOverlap(firstRank + holder, overlap, piece.box, dstBox, elemBytes));
+      copies.push(copyForOverlap(firstRank + holder, overlap, piece.box, viewDst, elemBytes));
     }
     tensors.push({ name, dtype, shape: dstBox.sizes, fullShape: shape, box: dstBox, byteLength: product(dstBox.sizes) * elemBytes, copies });
   }

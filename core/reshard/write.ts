@@ -39,6 +39,18 @@ async function planAll(source: CheckpointSource, destination: Destination, ranks
   return out;
 }
 
+/** Names the readers flagged as MindSpore Int4 (qint4x2) in any of the source files. */
+function int4Names(indexes: Map<number, CheckpointIndex>): Set<string> {
+  const names = new Set<string>();
+  for (const index of indexes.values()) {
+    for (const note of index.notes) {
+      const m = /^tensor '(.+)' is Int4\b/.exec(note);
+      if (m) names.add(m[1]);
+    }
+  }
+  return names;
+}
+
 /** One destination file: planned tensors streamed into a positional writer, committed atomically. */
 async function writeRank(planned: PlannedRank, path: string, opts: WriteOptions, progress: (delta: number) => void): Promise<void> {
   const format = opts.format ?? 'safetensors';
@@ -46,11 +58,19 @@ async function writeRank(planned: PlannedRank, path: string, opts: WriteOptions,
   // str values (MindSpore ckpt only) come from the lowest source file the plan reads.
   const firstRank = Math.min(...indexes.keys());
   const strings = format === 'mindspore-ckpt' && Number.isFinite(firstRank) ? [...indexes.get(firstRank)!.strings.values()].map((s) => ({ name: s.name, value: s.value })) : [];
+  // qint4x2 tensors travel as bytes; safetensors marks them the way MindSpore does (metadata name -> "Int4").
+  const int4 = int4Names(indexes);
+  const metadata: Record<string, string> = {};
+  for (const t of plan.tensors) {
+    if (!int4.has(t.name)) continue;
+    if (format === 'mindspore-ckpt') throw new ShardserveError('Unsupported', `parameter '${t.name}' is Int4 (qint4x2); --format ckpt cannot write Int4 yet, use safetensors`, { param: t.name });
+    metadata[t.name] = 'Int4';
+  }
   const writer = await createTensorFileWriter(
     path,
     format,
     plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })),
-    { crc: opts.crc, strings },
+    { crc: opts.crc, strings, metadata: Object.keys(metadata).length ? metadata : undefined },
   );
   try {
     let last = 0;

@@ -25,12 +25,17 @@ async function cli(args: string[]): Promise<{ code: number; stdout: string; stde
   vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => ((stdout += String(c)), true));
   vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => ((stderr += String(c)), true));
   try {
-    return { code: await main(args), stdout, stderr };
+    const code = await main(args);
+    return { code, stdout, stderr: stripNodeWarnings(stderr) };
   } finally {
     vi.restoreAllMocks();
   }
 }
 afterEach(() => vi.restoreAllMocks());
+
+function stripNodeWarnings(text: string): string {
+  return text.split('\n').filter((l) => !/^\(node:\d+\) |^\(Use `node --trace-warnings/.test(l)).join('\n');
+}
 
 interface Written {
   root: string;
