@@ -18,3 +18,12 @@ export const DTYPE_TO_CKPT: Record<DType, string> = {
 export function ckptTypeToDType(tensorType: string): DType | undefined {
   return CKPT_TO_DTYPE[tensorType.toLowerCase()];
 }
+
+/** A `str` value as MindSpore stores it: numpy `U` array bytes (UCS-4, little-endian). */
+export function utf32le(s: string): Uint8Array {
+  const cps = [...s].map((c) => c.codePointAt(0)!);
+  const out = new Uint8Array(cps.length * 4);
+  const dv = new DataView(out.buffer);
+  cps.forEach((cp, i) => dv.setUint32(i * 4, cp, true));
+  return out;
+}

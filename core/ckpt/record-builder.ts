@@ -3,6 +3,8 @@ import type { DecryptionMode } from '../checkpoint/types.js';
 import { CIPHER_MAGIC } from './decrypt.js';
 import { WIRE_LEN, WireWriter } from './wire.js';
 
+export { utf32le } from './dtype.js';
+
 /**
  * Builders of raw `.ckpt` bytes for tests and the fuzzer: the knobs cover what real files vary in
  * (field order, packed dims, legacy scalars, maptensor records, encryption).
@@ -43,14 +45,6 @@ export function mapTensorRecord(tag: string): Uint8Array {
   const value = new WireWriter().string(1, tag).key(3, WIRE_LEN).varint(map.length).finish();
   const v = Buffer.concat([value, map]);
   return new WireWriter().bytes(1, v).finish();
-}
-
-export function utf32le(s: string): Uint8Array {
-  const cps = [...s].map((c) => c.codePointAt(0)!);
-  const out = new Uint8Array(cps.length * 4);
-  const dv = new DataView(out.buffer);
-  cps.forEach((cp, i) => dv.setUint32(i * 4, cp, true));
-  return out;
 }
 
 /** Encrypt a plaintext the way MindSpore's crypto.cc does, in segments of `blockSize` bytes. */
