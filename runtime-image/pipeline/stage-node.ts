@@ -37,7 +37,7 @@ export class StageNode {
       throw new InferError('Unavailable', `stage ${this.stage + 1} is unreachable`);
     }
     const t0 = process.hrtime.bigint();
-    const produced = await this.executor.run(tensors);
+    const produced = await this.executor.run(tensors, signal);
     const computeUs = Number((process.hrtime.bigint() - t0) / 1000n);
     this.metrics?.stageSeconds.observe({ stage: String(this.stage) }, computeUs / 1e6);
     checkAlive(deadline, signal, this.stage);

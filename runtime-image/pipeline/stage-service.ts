@@ -52,15 +52,17 @@ export function stageServiceImpl(opts: {
           for (const w of req.tensors) tensors.set(w.name, tensorFromWire(w));
           return node.process(tensors, req.outputs ?? [], deadline, controller.signal);
         };
+        const reply = (message: unknown) => {
+          if (controller.signal.aborted) return; // the upstream gave up: nobody waits for it
+          try {
+            call.write(message);
+          } catch {
+            /* the upstream stream is gone */
+          }
+        };
         work().then(
-          (r) => {
-            if (!controller.signal.aborted) {
-              call.write({ id, outputs: r.outputs.map(tensorToWire), timings: r.timings.map((t) => ({ stage: t.stage, compute_us: String(t.computeUs) })) });
-            }
-          },
-          (e) => {
-            if (!controller.signal.aborted) call.write({ id, error: errorToWire(asInferError(e)) });
-          },
+          (r) => reply({ id, outputs: r.outputs.map(tensorToWire), timings: r.timings.map((t) => ({ stage: t.stage, compute_us: String(t.computeUs) })) }),
+          (e) => reply({ id, error: errorToWire(asInferError(e)) }),
         ).finally(() => {
           inflight.delete(id);
           opts.onRequest?.(-1);

@@ -6,7 +6,8 @@ import { oipOfOrtType, ortTypeOf, typedView, type Tensor, type TensorMeta } from
 export interface StageExecutor {
   readonly inputs: TensorMeta[];
   readonly outputs: TensorMeta[];
-  run(inputs: Map<string, Tensor>): Promise<Map<string, Tensor>>;
+  /** Runs when its turn comes, unless `signal` was aborted while it waited (then rejects, no compute). */
+  run(inputs: Map<string, Tensor>, signal?: AbortSignal): Promise<Map<string, Tensor>>;
   close(): Promise<void>;
 }
 
@@ -56,8 +57,10 @@ export async function createOrtStage(onnx: Uint8Array | string, opts: OrtStageOp
   return {
     inputs,
     outputs,
-    run(feeds) {
+    run(feeds, signal) {
       const job = queue.then(async () => {
+        // A request whose deadline passed (or that was cancelled) while queued costs no compute.
+        if (signal?.aborted) throw new InferError('Cancelled', 'request cancelled before its turn on the stage');
         const ortFeeds: Record<string, ort.Tensor> = {};
         for (const m of inputs) {
           const t = feeds.get(m.name);

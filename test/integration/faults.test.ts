@@ -95,6 +95,41 @@ describe('a stage process dies with requests in flight', () => {
   }, 180_000);
 });
 
+describe('deadlines', () => {
+  it('answer DEADLINE_EXCEEDED on time and spend no compute on requests whose deadline passed while queued', async () => {
+    const computed = async () => {
+      const text = await (await fetch(`${httpBase}/metrics`)).text();
+      return Number(/^shardserve_stage_compute_seconds_count\{[^}]*stage="0"[^}]*\} (\d+)/m.exec(text)?.[1]);
+    };
+    // Time one request to size the burst: 24 queued requests take far longer than the deadline.
+    const t0 = Date.now();
+    await call(client, 'ModelInfer', request(), DEADLINE_MS);
+    const one = Math.max(5, Date.now() - t0);
+    const deadline = 3 * one;
+    const before = await computed();
+    const results = await Promise.all(Array.from({ length: 24 }, () => {
+      const s = Date.now();
+      return call(client, 'ModelInfer', request(), deadline).then(
+        () => ({ ok: true, code: 0, ms: Date.now() - s }),
+        (e) => ({ ok: false, code: e.code as number, ms: Date.now() - s }),
+      );
+    }));
+    const late = results.filter((r) => !r.ok);
+    expect(late.length, 'most of the burst misses its deadline').toBeGreaterThan(12);
+    for (const r of late) {
+      expect(r.code).toBe(status.DEADLINE_EXCEEDED);
+      // gRPC's client gives up at the deadline; the server must not make it wait longer either.
+      expect(r.ms).toBeLessThan(deadline + 2_000);
+    }
+    // Requests that expired while queued were dropped at stage 0, not computed.
+    await new Promise((r) => setTimeout(r, 4 * deadline));
+    expect((await computed()) - before).toBeLessThan(24);
+    // And the pipeline still answers exactly afterwards.
+    const r = await call(client, 'ModelInfer', request(), DEADLINE_MS);
+    expect(Buffer.compare(r.raw_output_contents[0], expected)).toBe(0);
+  }, 120_000);
+});
+
 describe('SIGTERM', () => {
   it('drains: requests already in flight finish with their results, then every rank exits', async () => {
     const inflight = Array.from({ length: 12 }, () => call(client, 'ModelInfer', request(), 30_000).then(
