@@ -26,7 +26,7 @@ describe('discovering rank files', () => {
     const root = tree(['rank_0/a.safetensors', 'rank_2/a.safetensors']);
     const found = await discoverCheckpoint(await openStorage(root));
     expect(missingRanks(found, strategyOf([{ w: layoutOf([4], [0]) }]))).toEqual([1, 3]);
-    expect(() => checkRanksAgainstStrategy(found, strategyOf([{ w: layoutOf([2], [0]) }], 's.json'), root)).toThrow(`${root}: has rank_2/ but the strategy s.json describes 2 ranks (1 stage(s) × 2 devices)`);
+    expect(() => checkRanksAgainstStrategy(found, strategyOf([{ w: layoutOf([2], [0]) }], 's.json'), root)).toThrow(`${root}: has rank_2/ but the strategy s.json describes 2 ranks (1 stage(s) × 2 devices); no strategy file covers rank_2..rank_2`);
   });
 
   it('refuses a rank directory mixing formats, and a root without rank directories', async () => {

@@ -57,6 +57,7 @@ export function checkRanksAgainstStrategy(found: Map<number, string>, strategy: 
   const world = strategy.stageCount * strategy.stageDevices;
   const extra = [...found.keys()].filter((r) => r >= world);
   if (extra.length > 0) {
-    throw new ShardserveError('RankMismatch', `${uri}: has rank_${extra[0]}/ but the strategy ${strategy.uri} describes ${world} ranks (${strategy.stageCount} stage(s) × ${strategy.stageDevices} devices)`, { file: uri });
+    const last = Math.max(...extra);
+    throw new ShardserveError('RankMismatch', `${uri}: has rank_${extra[0]}/ but the strategy ${strategy.uri} describes ${world} ranks (${strategy.stageCount} stage(s) × ${strategy.stageDevices} devices); no strategy file covers rank_${world}..rank_${last}`, { file: uri });
   }
 }

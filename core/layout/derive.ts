@@ -32,7 +32,8 @@ export function resolveTarget(training: Strategy, given: { world?: number; stage
   world ??= stages * tp;
   if (world !== stages * tp) throw new ShardserveError('Usage', `--world ${world} must equal --stages ${stages} × --tp ${tp} = ${stages * tp}`);
   if (stages !== 1 && stages !== training.stageCount) {
-    throw new ShardserveError('StageMismatch', `--stages ${stages} does not match the ${training.stageCount} pipeline stage(s) of ${training.uri} (pipeline inference keeps the training stages; use ${training.stageCount}, or 1 to put every stage on each rank)`);
+    const hint = training.stageCount === 1 ? 'use 1' : `use ${training.stageCount}, or 1 to put every stage on each rank`;
+    throw new ShardserveError('StageMismatch', `--stages ${stages} does not match the ${training.stageCount} pipeline stage(s) of ${training.uri} (pipeline inference keeps the training stages; ${hint})`);
   }
   return { world, stages, tp };
 }
