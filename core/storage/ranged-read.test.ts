@@ -75,6 +75,27 @@ describe('readRanges', () => {
     expect(src.maxInFlight()).toBe(3);
   });
 
+  it('delivers every range exactly once when ranges straddle parts that arrive out of order', async () => {
+    let seed = 12345;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+    for (let trial = 0; trial < 20; trial++) {
+      const src = bytesSource(data, { delayMs: rnd(3) });
+      const ranges = Array.from({ length: 1 + rnd(40) }, () => {
+        const offset = rnd(data.length - 1);
+        return { offset, length: rnd(Math.min(700, data.length - offset)) };
+      });
+      const seen = new Map<number, number>();
+      await readRanges(src, ranges, { coalesceGap: rnd(300) - 50, partSize: 1 + rnd(500), concurrency: 1 + rnd(5) }, async (r, b) => {
+        const i = ranges.indexOf(r);
+        seen.set(i, (seen.get(i) ?? 0) + 1);
+        expect(b).toEqual(data.slice(r.offset, r.offset + r.length));
+        if (rnd(2)) await new Promise((res) => setTimeout(res, 1));
+      });
+      expect(seen.size).toBe(ranges.length);
+      expect([...seen.values()].every((n) => n === 1)).toBe(true);
+    }
+  });
+
   it('retries transient failures and fails at once on others', async () => {
     const src = bytesSource(data, { fail: (n) => (n <= 2 ? new TransientError('Throttled', 'mem://test: slow down') : undefined) });
     let out: Uint8Array | undefined;

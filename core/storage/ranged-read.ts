@@ -32,6 +32,8 @@ export interface ReadRangesResult {
   extraBytes: number;
 }
 
+const EMPTY = new Uint8Array(0);
+
 interface Group {
   offset: number;
   end: number;
@@ -72,8 +74,35 @@ export async function readRanges(
     if (len === 0) parts.push({ group: gi, offset: g.offset, length: 0 });
     for (let o = 0; o < len; o += partSize) parts.push({ group: gi, offset: g.offset + o, length: Math.min(partSize, len - o) });
   });
-  const pending = groups.map((g) => ({ left: 0, buf: null as Uint8Array | null, chunks: [] as { at: number; bytes: Uint8Array }[] }));
-  for (const p of parts) pending[p.group].left++;
+  // Parts of a group are indexed by their position; a member range is delivered as soon as every
+  // part it overlaps has arrived: a view into the part when it lies inside one (no copy), else a
+  // copy of just that range assembled from its parts.
+  const partsOf = groups.map(() => [] as { offset: number; bytes: Uint8Array | null }[]);
+  const partIndex: number[] = [];
+  for (const p of parts) {
+    partIndex.push(partsOf[p.group].length);
+    partsOf[p.group].push({ offset: p.offset, bytes: null });
+  }
+  const memberSpan = (gi: number, m: number) => {
+    const r = ranges[m];
+    const g = groups[gi];
+    const first = Math.floor((r.offset - g.offset) / partSize);
+    const last = r.length === 0 ? first : Math.floor((r.offset + r.length - 1 - g.offset) / partSize);
+    const n = partsOf[gi].length - 1;
+    return { first: Math.min(first, n), last: Math.min(last, n) };
+  };
+  // How many undelivered members still need each part (a part's buffer is dropped at zero).
+  const remaining = groups.map((g, gi) => {
+    const counts = partsOf[gi].map(() => 0);
+    for (const m of g.members) {
+      const { first, last } = memberSpan(gi, m);
+      for (let k = first; k <= last; k++) counts[k]++;
+    }
+    return counts;
+  });
+  // Members of a group are sorted by offset and delivered in that order through a cursor, which is
+  // advanced before the sink is awaited, so concurrent workers never deliver one member twice.
+  const cursor = groups.map(() => 0);
 
   let bytesTransferred = 0;
   let requests = 0;
@@ -85,30 +114,45 @@ export async function readRanges(
       return p.length === 0 ? new Uint8Array(0) : source.read(p.offset, p.length);
     }, { ...opts.retry, signal: opts.signal });
 
+  const deliverReady = async (gi: number) => {
+    const g = groups[gi];
+    const ps = partsOf[gi];
+    while (cursor[gi] < g.members.length) {
+      const m = g.members[cursor[gi]];
+      const { first, last } = memberSpan(gi, m);
+      for (let q = first; q <= last; q++) if (ps[q].bytes === null) return;
+      cursor[gi]++;
+      const r = ranges[m];
+      let view: Uint8Array;
+      if (first === last) {
+        const b = ps[first].bytes!;
+        view = b.subarray(r.offset - ps[first].offset, r.offset - ps[first].offset + r.length);
+      } else {
+        view = new Uint8Array(r.length);
+        for (let q = first; q <= last; q++) {
+          const part = ps[q];
+          const a = Math.max(r.offset, part.offset);
+          const z = Math.min(r.offset + r.length, part.offset + part.bytes!.length);
+          if (a < z) view.set(part.bytes!.subarray(a - part.offset, z - part.offset), a - r.offset);
+        }
+      }
+      for (let q = first; q <= last; q++) if (--remaining[gi][q] === 0) ps[q].bytes = EMPTY;
+      await sink(r, view);
+    }
+  };
+
   const worker = async () => {
     while (failed === undefined && next < parts.length) {
-      const p = parts[next++];
+      const pi = next++;
+      const p = parts[pi];
       requests++;
       const bytes = await readPart(p);
       if (bytes.length !== p.length) {
         throw new ShardserveError('ShortRead', `${source.uri}: asked for ${p.length} bytes at ${p.offset}, got ${bytes.length}`, { file: source.uri });
       }
       bytesTransferred += p.length;
-      const st = pending[p.group];
-      st.chunks.push({ at: p.offset, bytes });
-      if (--st.left > 0) continue;
-      const g = groups[p.group];
-      let buf: Uint8Array;
-      if (st.chunks.length === 1) buf = st.chunks[0].bytes;
-      else {
-        buf = new Uint8Array(g.end - g.offset);
-        for (const c of st.chunks) buf.set(c.bytes, c.at - g.offset);
-      }
-      st.chunks = [];
-      for (const m of g.members) {
-        const r = ranges[m];
-        await sink(r, buf.subarray(r.offset - g.offset, r.offset - g.offset + r.length));
-      }
+      partsOf[p.group][partIndex[pi]].bytes = bytes;
+      await deliverReady(p.group);
     }
   };
   const workers = Array.from({ length: Math.min(concurrency, parts.length) }, () =>
