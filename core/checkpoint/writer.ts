@@ -1,10 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { crc32 } from 'node:zlib';
 import { DTYPE_BYTES, type DType } from '../dtype.js';
 import { ShardserveError } from '../errors.js';
-import { crc32OfZeros, encodeCrcTrailer } from '../ckpt/crc.js';
+import { crc32, crc32OfZeros, encodeCrcTrailer } from '../ckpt/crc.js';
 import { DTYPE_TO_CKPT, utf32le } from '../ckpt/dtype.js';
 import { WIRE_LEN, WIRE_VARINT, WireWriter } from '../ckpt/wire.js';
 import { compareCodeUnits, scalarAsCount } from '../safetensors/reader.js';

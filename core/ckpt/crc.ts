@@ -1,5 +1,28 @@
-import { crc32 } from 'node:zlib';
+import * as zlib from 'node:zlib';
 import type { ByteSource } from '../storage/source.js';
+
+type Crc32 = (data: Uint8Array | string, initial?: number) => number;
+
+let table: Uint32Array | undefined;
+/** Table-driven CRC-32 for Node releases before zlib.crc32 (20.15). */
+function crc32Fallback(data: Uint8Array | string, initial = 0): number {
+  if (!table) {
+    table = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      table[n] = c >>> 0;
+    }
+  }
+  const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+  let c = ~initial >>> 0;
+  for (let i = 0; i < bytes.length; i++) c = table[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+/** CRC-32 as zlib/binascii compute it (what MindSpore uses). */
+export const crc32: Crc32 = (zlib as unknown as { crc32?: Crc32 }).crc32 ?? crc32Fallback;
+export { crc32Fallback };
 
 /** The `.ckpt` CRC trailer: b"crc_num" + the CRC-32 as a 10-byte big-endian integer (§1.6). */
 export const CRC_TRAILER_MAGIC = new TextEncoder().encode('crc_num');

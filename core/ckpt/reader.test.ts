@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { readTensorBytes } from '../checkpoint/read.js';
 import type { CheckpointIndex, DecryptionOptions } from '../checkpoint/types.js';
 import { ShardserveError } from '../errors.js';
-import { crc32OfZeros, encodeCrcTrailer } from './crc.js';
+import { crc32Fallback, crc32OfZeros, encodeCrcTrailer } from './crc.js';
 import { memorySource } from './decrypt.js';
 import { ckptRecord, encryptCkpt, mapTensorRecord, utf32le } from './record-builder.js';
 import { indexCkpt, type IndexCkptOptions } from './reader.js';
@@ -101,6 +101,14 @@ describe('indexCkpt reads only record headers', () => {
     expect(ix.tensors.size).toBe(200);
     expect(src.bytesRead).toBeLessThanOrEqual(200 * 4096 + 17 + 4); // + the trailer probe and the cipher-magic probe
     expect(src.bytesRead / src.size).toBeLessThan(0.07);
+  });
+});
+
+describe('crc32Fallback (Node < 20.15)', () => {
+  it('equals zlib', () => {
+    const data = Buffer.from(Array.from({ length: 1000 }, (_, i) => (i * 31) & 0xff));
+    expect(crc32Fallback('abc')).toBe(0x352441c2);
+    expect(crc32Fallback(data, 12345)).toBe(crc32(data, 12345));
   });
 });
 

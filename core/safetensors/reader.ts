@@ -1,10 +1,9 @@
-import { crc32 } from 'node:zlib';
 import { DTYPE_BYTES, type DType } from '../dtype.js';
 import { ShardserveError } from '../errors.js';
 import type { CheckpointIndex, TensorEntry } from '../checkpoint/types.js';
 import type { ByteSource } from '../storage/source.js';
 import type { Storage } from '../storage/storage.js';
-import { crc32OfRange, crc32OfZeros } from '../ckpt/crc.js';
+import { crc32, crc32OfRange, crc32OfZeros } from '../ckpt/crc.js';
 
 export interface IndexSafetensorsOptions {
   verifyCrc?: boolean;
