@@ -82,6 +82,20 @@ describe('gRPC inference.GRPCInferenceService', () => {
     await expect(check('other.Service')).rejects.toMatchObject({ code: status.NOT_FOUND });
     health.close();
   });
+  it('streams grpc.health.v1 Watch: SERVING now, SERVICE_UNKNOWN for an unknown service', async () => {
+    const health = new (services().health)(group.grpcAddress, credentials.createInsecure()) as any;
+    const first = (service: string) => new Promise<any>((resolve, reject) => {
+      const call = health.Watch({ service });
+      call.once('data', (m: any) => {
+        resolve(m);
+        call.cancel();
+      });
+      call.once('error', (e: any) => (e.code === status.CANCELLED ? undefined : reject(e)));
+    });
+    expect(await first('')).toEqual({ status: 'SERVING' });
+    expect(await first('other.Service')).toEqual({ status: 'SERVICE_UNKNOWN' });
+    health.close();
+  });
 });
 
 describe('REST /v2', () => {
