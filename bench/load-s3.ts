@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { buildManifest, openCheckpointObject, writeManifest } from '../core/checkpoint/open.js';
 import { ckptRecord } from '../core/ckpt/record-builder.js';
 import { loadDestinationSlice } from '../core/reshard/load.js';
-import { planGroups } from '../core/storage/ranged-read.js';
+import { planGroups, readRanges } from '../core/storage/ranged-read.js';
 import { openS3Storage, S3Client } from '../core/storage/s3.js';
 import { strategyToProtobuf } from '../core/strategy/writer.js';
 import type { Strategy } from '../core/strategy/types.js';
@@ -114,10 +114,18 @@ try {
   const rawClient = new S3Client();
   let rawBytes = 0;
   let wholeBytes = 0;
-  const variants: Record<'loader' | 'raw' | 'whole', () => Promise<void>> = {
+  const variants: Record<'loader' | 'readRanges' | 'raw' | 'whole', () => Promise<void>> = {
     // Fresh each time: opening (strategy GET, manifest GET, HEADs), planning, reads, copies into tensors.
     loader: async () => {
       await loadDestinationSlice({ ...loadOpts, concurrency: C });
+    },
+    // The storage layer alone: readRanges over the plan's ranges on the opened sources, sink drops the bytes.
+    readRanges: async () => {
+      const st = await openS3Storage('s3://bench/ckpt');
+      await Promise.all(files.map(async (f) => {
+        const src = await st.open(f.uri.replace('s3://bench/ckpt/', ''));
+        await readRanges(src, f.ranges, { concurrency: C }, () => {});
+      }));
     },
     raw: async () => {
       rawBytes = 0;
@@ -136,11 +144,11 @@ try {
     },
   };
   // Interleaved (loader, raw, whole, then rotated) so a noisy shared machine hits all three alike.
-  const times: Record<string, number[]> = { loader: [], raw: [], whole: [] };
-  const order = ['loader', 'raw', 'whole'] as const;
+  const times: Record<string, number[]> = { loader: [], readRanges: [], raw: [], whole: [] };
+  const order = ['loader', 'readRanges', 'raw', 'whole'] as const;
   for (let i = 0; i < REPEATS * 2; i++) {
-    for (let j = 0; j < 3; j++) {
-      const v = order[(i + j) % 3];
+    for (let j = 0; j < order.length; j++) {
+      const v = order[(i + j) % order.length];
       const t0 = process.hrtime.bigint();
       await variants[v]();
       times[v].push(ms(t0));
@@ -187,6 +195,8 @@ try {
     concurrencySweep: sweep,
     concurrencyChosen: C,
     loader: { ms: loaderMs, runs: loaderTimes, mbps: stats!.bytesTransferred / 1e6 / (loaderMs / 1000) },
+    readRangesOnly: { ms: median(times.readRanges), runs: times.readRanges, note: 'core/storage readRanges over the plan ranges, bytes dropped: the storage layer without the executor' },
+    ratioReadRangesToRaw: median(times.readRanges) / rawMs,
     rawRangedGet: { ms: rawMs, runs: rawTimes, bytes: rawBytes, requests: requests.flat().length },
     wholeFiles: { ms: wholeMs, runs: wholeTimes, bytes: wholeBytes },
     ratioLoaderToRaw: loaderMs / rawMs,
@@ -196,7 +206,7 @@ try {
   };
   await mkdir(join(here, 'results'), { recursive: true });
   await writeFile(join(here, 'results', 'load-s3.json'), JSON.stringify(result, null, 2) + '\n');
-  process.stdout.write(`${JSON.stringify({ concurrencyChosen: C, loaderMs, rawMs, wholeMs, ratio: result.ratioLoaderToRaw, indexing: result.indexing })}\n`);
+  process.stdout.write(`${JSON.stringify({ concurrencyChosen: C, loaderMs, readRangesMs: result.readRangesOnly.ms, rawMs, wholeMs, ratio: result.ratioLoaderToRaw, ratioReadRanges: result.ratioReadRangesToRaw, indexing: result.indexing })}\n`);
 } finally {
   await server.stop();
   await rm(work, { recursive: true, force: true });
