@@ -56,26 +56,50 @@ function line(v: RankView): string {
 }
 
 /**
- * Live view of the ranks while they load: redrawn in place on a terminal, a line per change
- * otherwise (logs stay readable when piped).
+ * Live view of the ranks while they load: redrawn in place on a terminal (rank log lines are printed
+ * above it), a line per change otherwise (logs stay readable when piped). `freeze()` leaves the last
+ * view on screen and returns to plain line output.
  */
-export function progressDisplay(group: LocalGroup, stream: NodeJS.WriteStream = process.stderr) {
+export function progressDisplay(views: () => RankView[], stream: NodeJS.WriteStream = process.stderr) {
   let drawn = 0;
+  let live = !!stream.isTTY;
   const last = new Map<number, string>();
+  const erase = () => {
+    if (drawn) stream.write(`\x1b[${drawn}A\r\x1b[J`);
+    drawn = 0;
+  };
+  const draw = () => {
+    const vs = views();
+    for (const v of vs) stream.write(`${line(v)}\x1b[K\n`);
+    drawn = vs.length;
+  };
   return {
     tick() {
-      const views = group.view();
-      if (stream.isTTY) {
-        if (drawn) stream.write(`\x1b[${drawn}A`);
-        for (const v of views) stream.write(`\r${line(v)}\x1b[K\n`);
-        drawn = views.length;
-      } else {
-        for (const v of views) {
-          const key = `${v.state} ${v.reason}`;
-          if (last.get(v.rank) !== key) stream.write(line(v).trimEnd() + '\n');
-          last.set(v.rank, key);
-        }
+      if (live) {
+        erase();
+        draw();
+        return;
       }
+      for (const v of views()) {
+        const key = `${v.state} ${v.reason}`;
+        if (last.get(v.rank) !== key) stream.write(line(v).trimEnd() + '\n');
+        last.set(v.rank, key);
+      }
+    },
+    log(text: string) {
+      if (!live) return void stream.write(text + '\n');
+      erase();
+      stream.write(text + '\n');
+      draw();
+    },
+    freeze() {
+      if (live) {
+        erase();
+        draw();
+      }
+      live = false;
+      drawn = 0;
+      for (const v of views()) last.set(v.rank, `${v.state} ${v.reason}`);
     },
   };
 }

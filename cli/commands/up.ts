@@ -58,8 +58,9 @@ export const upCommand: Command = {
   async run(argv) {
     const flags = parseUpFlags(argv);
     const config = await upConfig(flags);
-    const group = new LocalGroup({ config });
-    const display = progressDisplay(group);
+    let display: ReturnType<typeof progressDisplay> | undefined;
+    const group = new LocalGroup({ config, log: (l) => (display ? display.log(l) : process.stderr.write(l + '\n')) });
+    display = progressDisplay(() => group.view());
     let signalled = false;
     const stop = new Promise<void>((resolve) => {
       const on = () => {
@@ -71,15 +72,13 @@ export const upCommand: Command = {
     });
     group.start();
     try {
-      await Promise.race([group.waitReady(flags.readyTimeoutMs, () => display.tick()), stop]);
+      await Promise.race([group.waitReady(flags.readyTimeoutMs, () => display!.tick()), stop]);
       if (!signalled) {
         // Rank 0 answers ready first; give the per-rank view a moment to catch up before drawing it.
         for (let i = 0; i < 20 && group.view().some((v) => v.state !== 'READY'); i++) await new Promise((r) => setTimeout(r, 100));
-        display.tick();
+        display.freeze();
         // Keep reporting changes (a rank dying and coming back) while serving; not redrawn on a TTY.
-        const watch = setInterval(() => {
-          if (!process.stderr.isTTY) display.tick();
-        }, 500);
+        const watch = setInterval(() => display!.tick(), 500);
         watch.unref();
         const { grpcPort, httpPort } = config.serving;
         process.stderr.write(`serving model '${config.modelName}' on ${config.parallelism.pipelineStages} stage(s): OIP gRPC 127.0.0.1:${grpcPort}, REST http://127.0.0.1:${httpPort}/v2/models/${config.modelName} (Ctrl-C to stop)\n`);
