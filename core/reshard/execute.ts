@@ -1,4 +1,6 @@
 import type { CheckpointIndex, TensorEntry } from '../checkpoint/types.js';
+import { open, type FileHandle } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { ShardserveError } from '../errors.js';
 import type { ReadPlan, TensorPlan } from '../plan/planner.js';
 import { type CopyOp, forEachRun, runCount, sourceSpan, tensorRunToFile } from '../plan/runs.js';
@@ -13,6 +15,11 @@ export interface ExecuteOptions {
   batchBytes?: number;
   onProgress?: (doneBytes: number, totalBytes: number) => void;
   signal?: AbortSignal;
+  /**
+   * Local plain files are read with positional reads straight into the destination tensors (no
+   * intermediate buffers) instead of through readRanges. Default true.
+   */
+  directLocal?: boolean;
 }
 
 export interface ExecuteStats {
@@ -28,6 +35,8 @@ interface ReadUnit {
   fileOffset: number;
   length: number;
   scatter(bytes: Uint8Array): void;
+  /** Set when the bytes land contiguously in one destination tensor: a local read can go straight there. */
+  direct?: { dst: Uint8Array; offset: number };
 }
 
 /** Reads of at most this many bytes each, so a large piece never sits in memory twice. */
@@ -47,9 +56,11 @@ function readUnitsOf(op: CopyOp, entry: TensorEntry, dst: Uint8Array, units: Rea
     for (let lo = op.srcOffset; lo < op.srcOffset + span; lo += UNIT_BYTES) {
       const hi = Math.min(lo + UNIT_BYTES, op.srcOffset + span);
       tensorRunToFile(entry, lo, hi - lo, (fileOffset, tensorOffset, length) => {
+        const contiguous = op.counts.length === 0;
         units.push({
           fileOffset,
           length,
+          direct: contiguous ? { dst: out, offset: op.dstOffset + (tensorOffset - op.srcOffset) } : undefined,
           scatter(bytes) {
             const end = tensorOffset + length;
             forEachRun(op, (src, dstOffset, len) => {
@@ -65,7 +76,60 @@ function readUnitsOf(op: CopyOp, entry: TensorEntry, dst: Uint8Array, units: Rea
   }
   forEachRun(op, (src, dstOffset, len) =>
     tensorRunToFile(entry, src, len, (fileOffset, tensorOffset, length) =>
-      units.push({ fileOffset, length, scatter: (bytes) => out.set(bytes, dstOffset + (tensorOffset - src)) })));
+      units.push({ fileOffset, length, direct: { dst: out, offset: dstOffset + (tensorOffset - src) }, scatter: (bytes) => out.set(bytes, dstOffset + (tensorOffset - src)) })));
+}
+
+/**
+ * The local fast path: a window of positional reads into the destination (or into one reused scratch
+ * buffer per worker when the bytes scatter). Returns false when `uri` is not a local file of that size.
+ */
+async function readLocalDirect(uri: string, size: number, units: ReadUnit[], concurrency: number, stats: ExecuteStats): Promise<boolean> {
+  if (isRemote(uri)) return false;
+  const path = uri.startsWith('file://') ? fileURLToPath(uri) : uri;
+  let handle: FileHandle;
+  try {
+    handle = await open(path, 'r');
+    if ((await handle.stat()).size !== size) {
+      await handle.close();
+      return false;
+    }
+  } catch {
+    return false;
+  }
+  try {
+    let next = 0;
+    const worker = async () => {
+      let scratch: Buffer | undefined;
+      while (next < units.length) {
+        const u = units[next++];
+        let target: Uint8Array;
+        let at: number;
+        if (u.direct) {
+          target = u.direct.dst;
+          at = u.direct.offset;
+        } else {
+          if (!scratch || scratch.length < u.length) scratch = Buffer.allocUnsafe(Math.max(u.length, 1 << 20));
+          target = scratch;
+          at = 0;
+        }
+        let done = 0;
+        while (done < u.length) {
+          const { bytesRead } = await handle.read(target, at + done, u.length - done, u.fileOffset + done);
+          if (bytesRead === 0) throw new ShardserveError('ShortRead', `${uri}: file ended at ${u.fileOffset + done}, expected ${u.fileOffset + u.length} bytes`, { file: uri });
+          done += bytesRead;
+        }
+        stats.requests++;
+        if (!u.direct) u.scatter(target.subarray(0, u.length));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(concurrency, units.length) }, worker));
+    const bytes = units.reduce((s, u) => s + u.length, 0);
+    stats.readBytes += bytes;
+    stats.bytesTransferred += bytes;
+    return true;
+  } finally {
+    await handle.close();
+  }
 }
 
 function isRemote(uri: string): boolean {
@@ -95,7 +159,11 @@ export async function executePlan(
       bytes += plan.tensors[i].byteLength;
       batch.push(plan.tensors[i++]);
     }
-    const buffers = batch.map((t) => new Uint8Array(t.byteLength));
+    // Every byte of a destination tensor is written by exactly one copy (the plan covers its box), so no zero-fill.
+    const buffers = batch.map((t) => {
+      const b = Buffer.allocUnsafeSlow(t.byteLength);
+      return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+    });
     const unitsByRank = new Map<number, ReadUnit[]>();
     batch.forEach((t, bi) => {
       for (const op of t.copies) {
@@ -108,8 +176,10 @@ export async function executePlan(
       }
     });
     await Promise.all([...unitsByRank.entries()].map(async ([rank, units]) => {
-      const source = sources.get(rank)!.source;
+      const index = sources.get(rank)!;
+      const source = index.source;
       units.sort((a, b) => a.fileOffset - b.fileOffset);
+      if (opts.directLocal !== false && index.encryption === 'none' && (await readLocalDirect(source.uri, source.size, units, opts.concurrency ?? 4, stats))) return;
       // Units never overlap (distinct pieces are disjoint), so a range's offset identifies its unit.
       const byOffset = new Map(units.map((u) => [u.fileOffset, u]));
       const result = await readRanges(

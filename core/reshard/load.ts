@@ -39,7 +39,8 @@ export async function loadDestinationSlice(opts: LoadDestinationSliceOptions): P
       plan,
       indexes,
       (t, data) => void tensors.set(t.name, { dtype: t.dtype, shape: t.shape, data }),
-      { onProgress: opts.onProgress, concurrency: opts.concurrency },
+      // Everything stays in memory anyway, so one batch: reads of all tensors overlap.
+      { onProgress: opts.onProgress, concurrency: opts.concurrency, batchBytes: Number.POSITIVE_INFINITY },
     );
     return { tensors, stage: plan.stage, plan, stats: { readBytes: plan.readBytes, sliceBytes: plan.sliceBytes, bytesTransferred: stats.bytesTransferred, requests: stats.requests } };
   } finally {
