@@ -28,6 +28,13 @@ export function toOpenApi(s: Schema): Record<string, unknown> {
   return out;
 }
 
+/** The CRD's openAPIV3Schema (the API server allows nothing but a type on the root metadata). */
+export function openApiSchema(): Record<string, unknown> {
+  const root = toOpenApi(resourceSchema) as { properties: Record<string, unknown> };
+  root.properties.metadata = { type: 'object' };
+  return root;
+}
+
 export function crdObject(): Record<string, unknown> {
   return {
     apiVersion: 'apiextensions.k8s.io/v1',
@@ -42,7 +49,7 @@ export function crdObject(): Record<string, unknown> {
           name: VERSION,
           served: true,
           storage: true,
-          schema: { openAPIV3Schema: toOpenApi(resourceSchema) },
+          schema: { openAPIV3Schema: openApiSchema() },
           subresources: {
             status: {},
             scale: { specReplicasPath: '.spec.replicas', statusReplicasPath: '.status.replicas', labelSelectorPath: '.status.selector' },

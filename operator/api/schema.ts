@@ -219,7 +219,7 @@ const spec: Schema = {
       type: 'object',
       tsName: 'ParallelismSpec',
       description: 'The inference layout of one replica group: worldSize = pipelineStages x tensorParallel ranks.',
-      default: {},
+      default: { pipelineStages: 1, tensorParallel: 1 },
       properties: {
         pipelineStages: {
           type: 'integer',
@@ -328,7 +328,7 @@ const spec: Schema = {
       type: 'object',
       tsName: 'ServingSpec',
       description: 'The front door: the Open Inference Protocol endpoint (gRPC and REST) and the client Service in front of it.',
-      default: {},
+      default: { grpcPort: DEFAULT_GRPC_PORT, httpPort: DEFAULT_HTTP_PORT, serviceType: 'ClusterIP' },
       properties: {
         grpcPort: port('Front-door gRPC port (Open Inference Protocol).', DEFAULT_GRPC_PORT),
         httpPort: port('Front-door HTTP port (OIP REST, /healthz, /readyz, /metrics).', DEFAULT_HTTP_PORT),

@@ -22,13 +22,13 @@ export interface DistributedInferenceSpec {
   model: ModelSpec;
   /** The sharded checkpoint distributed training left behind (rank_<N>/ directories) and its parallel strategy. */
   checkpoint: CheckpointSpec;
-  /** The inference layout of one replica group: worldSize = pipelineStages x tensorParallel ranks. Default: {}. */
+  /** The inference layout of one replica group: worldSize = pipelineStages x tensorParallel ranks. Default: {"pipelineStages":1,"tensorParallel":1}. */
   parallelism?: ParallelismSpec;
   /** Independent pipeline groups serving the same model (data parallelism). Each group has worldSize ranks; scaling adds or removes whole groups (scale subresource, so an HorizontalPodAutoscaler can drive it). Default: 1. */
   replicas?: number;
   /** How the rank pods run: image, resources and scheduling. Default: {}. */
   runtime?: RuntimeSpec;
-  /** The front door: the Open Inference Protocol endpoint (gRPC and REST) and the client Service in front of it. Default: {}. */
+  /** The front door: the Open Inference Protocol endpoint (gRPC and REST) and the client Service in front of it. Default: {"grpcPort":8001,"httpPort":8000,"serviceType":"ClusterIP"}. */
   serving?: ServingSpec;
 }
 

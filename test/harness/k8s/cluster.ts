@@ -187,6 +187,7 @@ export async function startControlPlane(): Promise<ControlPlane> {
         `--audit-log-path=${auditLog}`,
         '--audit-log-mode=blocking',
         '--profiling=false',
+        '--endpoint-reconciler-type=none',
         '--v=0',
       ], apiLog),
     );
