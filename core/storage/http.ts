@@ -59,7 +59,7 @@ export async function openHttpStorage(uri: string): Promise<Storage> {
   const strongOf = new Map<string, { etag?: string; strong: string }>();
   const stat = async (key: string): Promise<ObjectInfo & { strongEtag?: string }> => {
     checkKey(key);
-    return retried(uriOf(key), 'stat', async () => {
+    return retried(uriOf(key), async () => {
       const res = await request('HEAD', key);
       const size = Number(res.headers.get('content-length'));
       if (!Number.isSafeInteger(size) || size < 0) {
@@ -134,7 +134,7 @@ export async function openHttpStorage(uri: string): Promise<Storage> {
     async readAll(key) {
       checkKey(key);
       const u = uriOf(key);
-      return retried(u, 'get', async () => {
+      return retried(u, async () => {
         const res = await request('GET', key);
         const expected = Number(res.headers.get('content-length'));
         const b = await bodyBytes(res, u, endpoint, timeoutMs);

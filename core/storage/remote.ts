@@ -65,7 +65,7 @@ export function networkError(e: unknown, uri: string, endpoint: string, timeoutM
  * Run a remote operation with the backend retry policy; when the retries are used up the last error
  * is rethrown as final (not transient) with the attempt count, so outer layers do not retry again.
  */
-export async function retried<T>(uri: string, what: string, fn: () => Promise<T>, opts: RetryOptions = remoteRetry()): Promise<T> {
+export async function retried<T>(uri: string, fn: () => Promise<T>, opts: RetryOptions = remoteRetry()): Promise<T> {
   let attempts = 0;
   try {
     return await withRetry(() => {
@@ -80,7 +80,6 @@ export async function retried<T>(uri: string, what: string, fn: () => Promise<T>
     }
     throw e;
   }
-  void what;
 }
 
 /** Build a ByteSource over a ranged-read function, with bounds checks, retries and accounting. */
@@ -96,7 +95,7 @@ export function remoteSource(uri: string, size: number, readRange: (offset: numb
         throw new ShardserveError('OutOfRange', `${uri}: read of ${length} bytes at ${offset} is past the end (size ${size})`, { file: uri });
       }
       if (length === 0) return new Uint8Array(0);
-      const bytes = await retried(uri, 'read', async () => {
+      const bytes = await retried(uri, async () => {
         const b = await readRange(offset, length);
         if (b.length !== length) {
           throw new TransientError('ShortBody', `${uri}: asked for ${length} bytes at ${offset}, the server sent ${b.length}`, { file: uri });

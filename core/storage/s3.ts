@@ -89,7 +89,7 @@ export class S3Client {
 
   /** Size and ETag of an object; a missing object is told apart from a missing bucket. */
   async head(bucket: string, key: string, uri: string): Promise<{ size: number; etag?: string }> {
-    return retried(uri, 'stat', async () => {
+    return retried(uri, async () => {
       try {
         const res = await this.request('HEAD', uri, this.url(bucket, key));
         const size = Number(res.headers.get('content-length'));
@@ -133,7 +133,7 @@ export class S3Client {
   }
 
   async getObject(bucket: string, key: string, uri: string): Promise<Uint8Array> {
-    return retried(uri, 'get', async () => {
+    return retried(uri, async () => {
       let res: Response;
       try {
         res = await this.request('GET', uri, this.url(bucket, key));
@@ -151,7 +151,7 @@ export class S3Client {
   }
 
   async putObject(bucket: string, key: string, uri: string, body: Uint8Array): Promise<string | undefined> {
-    return retried(uri, 'put', async () => {
+    return retried(uri, async () => {
       const res = await this.request('PUT', uri, this.url(bucket, key), { body });
       await res.body?.cancel();
       return stripQuotes(res.headers.get('etag'));
@@ -159,7 +159,7 @@ export class S3Client {
   }
 
   async deleteObject(bucket: string, key: string, uri: string): Promise<void> {
-    await retried(uri, 'delete', async () => {
+    await retried(uri, async () => {
       const res = await this.request('DELETE', uri, this.url(bucket, key), { okStatus: [200, 204] });
       await res.body?.cancel();
     });
@@ -168,7 +168,7 @@ export class S3Client {
   /** Create a bucket (tests and `index` helpers); an existing bucket we own is fine. */
   async createBucket(bucket: string): Promise<void> {
     const uri = `s3://${bucket}`;
-    await retried(uri, 'create bucket', async () => {
+    await retried(uri, async () => {
       const res = await this.request('PUT', uri, this.url(bucket), { okStatus: [200, 409] });
       const text = await res.text();
       if (res.status === 409 && !/BucketAlreadyOwnedByYou/.test(text)) throw new ShardserveError('BucketExists', `${uri}: bucket exists and belongs to someone else`, { file: uri });
@@ -184,7 +184,7 @@ export class S3Client {
       if (prefix) q.set('prefix', prefix);
       if (token) q.set('continuation-token', token);
       const query = [...q.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, v]) => `${k}=${encodeSegment(v)}`).join('&');
-      const xml = await retried(uri, 'list', async () => {
+      const xml = await retried(uri, async () => {
         const res = await this.request('GET', uri, this.url(bucket, '', query));
         return new TextDecoder().decode(await bodyBytes(res, uri, this.config.endpoint, this.timeoutMs));
       });

@@ -3,6 +3,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { dirname, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ShardserveError } from '../errors.js';
+import { MANIFEST_NAME } from './manifest.js';
 import { openLocalSource, type ByteSource } from './source.js';
 
 /** One object (file) under a storage root. */
@@ -43,9 +44,6 @@ export interface Storage {
 }
 
 export type StorageFactory = (uri: string) => Promise<Storage>;
-
-/** Same as MANIFEST_NAME in manifest.ts (not imported, to keep this module free of the manifest code). */
-const MANIFEST_FILE = 'shardserve-index.json';
 
 const factories = new Map<string, StorageFactory>();
 
@@ -105,7 +103,7 @@ function localStorage(root: string, uri: string): Storage {
         for (const ent of entries) {
           const key = prefix ? `${prefix}/${ent.name}` : ent.name;
           if (ent.isDirectory()) await walk(join(dir, ent.name), key);
-          else if (ent.isFile() && ent.name !== MANIFEST_FILE) {
+          else if (ent.isFile() && ent.name !== MANIFEST_NAME) {
             const st = await stat(join(dir, ent.name));
             out.push({ key, size: st.size, etag: `${st.size}-${st.mtimeMs}`, mtimeMs: st.mtimeMs });
           }

@@ -2,7 +2,7 @@
 // version) into the cache, started on a free loopback port with its own data directory.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -172,9 +172,4 @@ export async function uploadDir(client: S3Client, bucket: string, prefix: string
   };
   await walk(dir);
   return keys.sort();
-}
-
-/** Remove a data directory left by a server (tests call this in afterAll). */
-export async function removeDataDir(dataDir: string): Promise<void> {
-  await rm(dataDir, { recursive: true, force: true });
 }
