@@ -74,6 +74,22 @@ describe('s3:// storage on MinIO', () => {
     expect([...(await odd.readAll('a b+c(1).bin'))]).toEqual([1, 2, 3]);
   });
 
+  it('takes credentials and endpoint from a mounted credentials file (INI profile or KEY=value lines)', async () => {
+    for (const k of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_ENDPOINT_URL', 'AWS_ENDPOINT_URL_S3', 'AWS_PROFILE']) delete process.env[k];
+    const envFile = join(work, 'secret.env');
+    await writeFile(envFile, `AWS_ACCESS_KEY_ID=${server.accessKey}\nAWS_SECRET_ACCESS_KEY=${server.secretKey}\nAWS_ENDPOINT_URL=${server.endpoint}\n`);
+    process.env.AWS_SHARED_CREDENTIALS_FILE = envFile;
+    expect((await (await openStorage('s3://ckpt/run1')).list()).length).toBe(2);
+    const ini = join(work, 'credentials');
+    await writeFile(ini, `[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n[minio]\naws_access_key_id = ${server.accessKey}\naws_secret_access_key = ${server.secretKey}\n`);
+    process.env.AWS_SHARED_CREDENTIALS_FILE = ini;
+    process.env.AWS_ENDPOINT_URL = server.endpoint;
+    process.env.AWS_PROFILE = 'minio';
+    expect((await (await openStorage('s3://ckpt/run1')).stat('rank_0/net.ckpt')).size).toBeGreaterThan(0);
+    process.env.AWS_PROFILE = 'default';
+    await expect((await openStorage('s3://ckpt/run1')).stat('rank_0/net.ckpt')).rejects.toThrow(`s3://ckpt/run1/rank_0/net.ckpt: the S3 credentials were rejected (InvalidAccessKeyId: The Access Key Id you provided does not exist in our records.); credentials from credentials file ${ini} (profile default)`);
+  });
+
   it('follows ListObjectsV2 continuation tokens (page size 2)', async () => {
     const st = await openS3Storage('s3://ckpt/many', { client: clientWith({ endpoint: proxy.url }), pageSize: 2 });
     proxy.reset();
