@@ -1,5 +1,6 @@
 import { loadSync, type Options } from '@grpc/proto-loader';
-import { loadPackageDefinition, type GrpcObject, type ServiceClientConstructor, type ServiceDefinition } from '@grpc/grpc-js';
+import { loadPackageDefinition, makeClientConstructor, type GrpcObject, type ServiceClientConstructor, type ServiceDefinition } from '@grpc/grpc-js';
+import { decodeStageMessage, decodeStageReply, encodeStageMessage, encodeStageReply } from './pipeline/codec.js';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -12,7 +13,20 @@ function load(file: string): GrpcObject {
   return loadPackageDefinition(loadSync(join(PROTO_DIR, file), LOADER_OPTIONS));
 }
 
-let cache: { oip: ServiceClientConstructor; health: ServiceClientConstructor; stage: ServiceClientConstructor } | undefined;
+let cache: { oip: ServiceClientConstructor; health: ServiceClientConstructor; stage: ServiceClientConstructor; stageProtoLoader: ServiceClientConstructor } | undefined;
+
+/** StageService with the hand-written codec on its hot Forward stream (same wire format). */
+function withStageCodec(ctor: ServiceClientConstructor): ServiceClientConstructor {
+  const def = { ...ctor.service } as ServiceDefinition;
+  (def as any).Forward = {
+    ...ctor.service.Forward,
+    requestSerialize: encodeStageMessage,
+    requestDeserialize: decodeStageMessage,
+    responseSerialize: encodeStageReply,
+    responseDeserialize: decodeStageReply,
+  };
+  return makeClientConstructor(def, 'StageService') as ServiceClientConstructor;
+}
 
 /** The three gRPC services shardserve speaks, loaded once from runtime-image/proto/. */
 export function services() {
@@ -23,7 +37,8 @@ export function services() {
     cache = {
       oip: oip.inference.GRPCInferenceService,
       health: health.grpc.health.v1.Health,
-      stage: rank.shardserve.rank.v1.StageService,
+      stage: withStageCodec(rank.shardserve.rank.v1.StageService),
+      stageProtoLoader: rank.shardserve.rank.v1.StageService,
     };
   }
   return cache;

@@ -1,0 +1,285 @@
+/**
+ * Hand-written protobuf codec for the hot rank-to-rank messages (StageMessage, StageReply of
+ * proto/rank.proto): the same wire format the .proto defines, but tensor bytes are written with one
+ * copy and read as views, with no object conversion pass. Everything else in rank.proto goes through
+ * proto-loader as usual.
+ */
+
+// Wire types.
+const VARINT = 0;
+const LEN = 2;
+
+function varintSize(n: number): number {
+  let size = 1;
+  while (n >= 128) {
+    n = Math.floor(n / 128);
+    size++;
+  }
+  return size;
+}
+
+class Writer {
+  pos = 0;
+  constructor(readonly buf: Buffer) {}
+  varint(n: number): void {
+    while (n >= 128) {
+      this.buf[this.pos++] = (n % 128) | 128;
+      n = Math.floor(n / 128);
+    }
+    this.buf[this.pos++] = n;
+  }
+  tag(field: number, wire: number): void {
+    this.varint(field * 8 + wire);
+  }
+  bytes(field: number, b: Uint8Array): void {
+    this.tag(field, LEN);
+    this.varint(b.byteLength);
+    this.buf.set(b, this.pos);
+    this.pos += b.byteLength;
+  }
+  string(field: number, s: string): void {
+    if (!s) return;
+    this.bytes(field, Buffer.from(s, 'utf8'));
+  }
+}
+
+export interface WireTensor {
+  name: string;
+  datatype: string;
+  shape: Array<number | string>;
+  data: Uint8Array;
+}
+
+const strLen = (field: number, s: string) => {
+  if (!s) return 0;
+  const n = Buffer.byteLength(s, 'utf8');
+  return varintSize(field * 8) + varintSize(n) + n;
+};
+const lenField = (field: number, n: number) => varintSize(field * 8) + varintSize(n) + n;
+
+function shapeBody(shape: Array<number | string>): number {
+  let n = 0;
+  for (const d of shape) n += varintSize(Number(d));
+  return n;
+}
+
+function tensorSize(t: WireTensor): number {
+  const shape = shapeBody(t.shape);
+  return strLen(1, t.name) + strLen(2, t.datatype) + (t.shape.length ? lenField(3, shape) : 0) + (t.data.byteLength ? lenField(4, t.data.byteLength) : 0);
+}
+
+function writeTensor(w: Writer, field: number, t: WireTensor): void {
+  w.tag(field, LEN);
+  w.varint(tensorSize(t));
+  w.string(1, t.name);
+  w.string(2, t.datatype);
+  if (t.shape.length) {
+    w.tag(3, LEN);
+    w.varint(shapeBody(t.shape));
+    for (const d of t.shape) w.varint(Number(d));
+  }
+  if (t.data.byteLength) w.bytes(4, t.data);
+}
+
+export interface StageMessageObject {
+  id: string;
+  request?: { tensors: WireTensor[]; budget_us: string; outputs: string[] } | null;
+  cancel?: boolean;
+}
+
+export interface StageReplyObject {
+  id: string;
+  outputs: WireTensor[];
+  error?: { kind: string; message: string } | null;
+  timings: Array<{ stage: number; compute_us: string }>;
+}
+
+export function encodeStageMessage(m: StageMessageObject): Buffer {
+  const id = Number(m.id);
+  let size = id ? varintSize(8) + varintSize(id) : 0;
+  let reqSize = 0;
+  if (m.request) {
+    for (const t of m.request.tensors) reqSize += lenField(1, tensorSize(t));
+    const budget = Number(m.request.budget_us);
+    if (budget) reqSize += 1 + varintSize(budget);
+    for (const o of m.request.outputs) reqSize += lenField(3, Buffer.byteLength(o, 'utf8'));
+    size += lenField(2, reqSize);
+  }
+  if (m.cancel) size += 2;
+  const w = new Writer(Buffer.allocUnsafe(size));
+  if (id) {
+    w.tag(1, VARINT);
+    w.varint(id);
+  }
+  if (m.request) {
+    w.tag(2, LEN);
+    w.varint(reqSize);
+    for (const t of m.request.tensors) writeTensor(w, 1, t);
+    const budget = Number(m.request.budget_us);
+    if (budget) {
+      w.tag(2, VARINT);
+      w.varint(budget);
+    }
+    for (const o of m.request.outputs) w.bytes(3, Buffer.from(o, 'utf8'));
+  }
+  if (m.cancel) {
+    w.tag(3, VARINT);
+    w.varint(1);
+  }
+  return w.buf;
+}
+
+export function encodeStageReply(r: StageReplyObject): Buffer {
+  const id = Number(r.id);
+  let size = id ? 1 + varintSize(id) : 0;
+  for (const t of r.outputs) size += lenField(2, tensorSize(t));
+  const errSize = r.error ? strLen(1, r.error.kind) + strLen(2, r.error.message) : 0;
+  if (r.error) size += lenField(3, errSize);
+  const timingSizes = r.timings.map((t) => (t.stage ? 1 + varintSize(t.stage) : 0) + (Number(t.compute_us) ? 1 + varintSize(Number(t.compute_us)) : 0));
+  for (const n of timingSizes) size += lenField(4, n);
+  const w = new Writer(Buffer.allocUnsafe(size));
+  if (id) {
+    w.tag(1, VARINT);
+    w.varint(id);
+  }
+  for (const t of r.outputs) writeTensor(w, 2, t);
+  if (r.error) {
+    w.tag(3, LEN);
+    w.varint(errSize);
+    w.string(1, r.error.kind);
+    w.string(2, r.error.message);
+  }
+  r.timings.forEach((t, i) => {
+    w.tag(4, LEN);
+    w.varint(timingSizes[i]);
+    if (t.stage) {
+      w.tag(1, VARINT);
+      w.varint(t.stage);
+    }
+    if (Number(t.compute_us)) {
+      w.tag(2, VARINT);
+      w.varint(Number(t.compute_us));
+    }
+  });
+  return w.buf;
+}
+
+class Reader {
+  pos: number;
+  constructor(readonly buf: Buffer, start = 0, readonly end = buf.length) {
+    this.pos = start;
+  }
+  get done(): boolean {
+    return this.pos >= this.end;
+  }
+  varint(): number {
+    let n = 0;
+    let mul = 1;
+    for (;;) {
+      if (this.pos >= this.end) throw new Error('truncated varint in rank message');
+      const b = this.buf[this.pos++];
+      n += (b & 127) * mul;
+      if (b < 128) return n;
+      mul *= 128;
+    }
+  }
+  sub(): Reader {
+    const len = this.varint();
+    if (this.pos + len > this.end) throw new Error('truncated field in rank message');
+    const r = new Reader(this.buf, this.pos, this.pos + len);
+    this.pos += len;
+    return r;
+  }
+  bytes(): Buffer {
+    const r = this.sub();
+    return this.buf.subarray(r.pos, r.end);
+  }
+  string(): string {
+    return this.bytes().toString('utf8');
+  }
+  skip(wire: number): void {
+    if (wire === VARINT) this.varint();
+    else if (wire === LEN) this.sub();
+    else if (wire === 1) this.pos += 8;
+    else if (wire === 5) this.pos += 4;
+    else throw new Error(`unsupported wire type ${wire} in rank message`);
+  }
+}
+
+function readTensor(r: Reader): WireTensor {
+  const t: WireTensor = { name: '', datatype: '', shape: [], data: Buffer.alloc(0) };
+  while (!r.done) {
+    const key = r.varint();
+    const field = Math.floor(key / 8);
+    const wire = key % 8;
+    if (field === 1) t.name = r.string();
+    else if (field === 2) t.datatype = r.string();
+    else if (field === 3 && wire === LEN) {
+      const p = r.sub();
+      while (!p.done) t.shape.push(p.varint());
+    } else if (field === 3) t.shape.push(r.varint());
+    else if (field === 4) t.data = r.bytes();
+    else r.skip(wire);
+  }
+  return t;
+}
+
+export function decodeStageMessage(buf: Buffer): StageMessageObject {
+  const r = new Reader(buf);
+  const m: StageMessageObject = { id: '0', request: null, cancel: false };
+  while (!r.done) {
+    const key = r.varint();
+    const field = Math.floor(key / 8);
+    const wire = key % 8;
+    if (field === 1) m.id = String(r.varint());
+    else if (field === 2) {
+      const q = r.sub();
+      const req = { tensors: [] as WireTensor[], budget_us: '0', outputs: [] as string[] };
+      while (!q.done) {
+        const k = q.varint();
+        const f = Math.floor(k / 8);
+        if (f === 1) req.tensors.push(readTensor(q.sub()));
+        else if (f === 2) req.budget_us = String(q.varint());
+        else if (f === 3) req.outputs.push(q.string());
+        else q.skip(k % 8);
+      }
+      m.request = req;
+    } else if (field === 3) m.cancel = r.varint() !== 0;
+    else r.skip(wire);
+  }
+  return m;
+}
+
+export function decodeStageReply(buf: Buffer): StageReplyObject {
+  const r = new Reader(buf);
+  const m: StageReplyObject = { id: '0', outputs: [], error: null, timings: [] };
+  while (!r.done) {
+    const key = r.varint();
+    const field = Math.floor(key / 8);
+    const wire = key % 8;
+    if (field === 1) m.id = String(r.varint());
+    else if (field === 2) m.outputs.push(readTensor(r.sub()));
+    else if (field === 3) {
+      const e = r.sub();
+      const err = { kind: '', message: '' };
+      while (!e.done) {
+        const k = e.varint();
+        if (Math.floor(k / 8) === 1) err.kind = e.string();
+        else if (Math.floor(k / 8) === 2) err.message = e.string();
+        else e.skip(k % 8);
+      }
+      m.error = err;
+    } else if (field === 4) {
+      const t = r.sub();
+      const timing = { stage: 0, compute_us: '0' };
+      while (!t.done) {
+        const k = t.varint();
+        if (Math.floor(k / 8) === 1) timing.stage = t.varint();
+        else if (Math.floor(k / 8) === 2) timing.compute_us = String(t.varint());
+        else t.skip(k % 8);
+      }
+      m.timings.push(timing);
+    } else r.skip(wire);
+  }
+  return m;
+}
