@@ -96,10 +96,12 @@ export function progressDisplay(views: () => RankView[], stream: NodeJS.WriteStr
       if (live) {
         erase();
         draw();
+        for (const v of views()) last.set(v.rank, `${v.state} ${v.reason}`);
+      } else {
+        this.tick();
       }
       live = false;
       drawn = 0;
-      for (const v of views()) last.set(v.rank, `${v.state} ${v.reason}`);
     },
   };
 }
