@@ -56,6 +56,7 @@ export class Controller {
   private readonly informers: InformerSet;
   private readonly queue: WorkQueue;
   private resyncTimer?: NodeJS.Timeout;
+  private cachesSynced = false;
   private readonly applied = new RecentWrites(30_000);
   private readonly deletedPods = new RecentWrites(30_000);
   /** key → the resourceVersion our last status write replaced (the cache still shows it until the event). */
@@ -75,6 +76,8 @@ export class Controller {
   }
 
   private enqueueFor(kind: KindName, obj: KubernetesObject): void {
+    // Until every cache is filled, a reconcile would see owned objects as missing and re-apply them.
+    if (!this.cachesSynced) return;
     const ns = obj.metadata?.namespace;
     if (!ns) return;
     const name = kind === 'DistributedInference' ? obj.metadata?.name : obj.metadata?.labels?.[LABEL_NAME];
@@ -83,6 +86,8 @@ export class Controller {
 
   async start(): Promise<void> {
     await this.informers.start();
+    this.cachesSynced = true;
+    for (const k of this.informers.keys()) this.queue.add(k);
     const resync = this.o.resyncMs ?? 5 * 60_000;
     this.resyncTimer = setInterval(() => {
       for (const k of this.informers.keys()) this.queue.add(k);
