@@ -139,7 +139,8 @@ try {
       wholeBytes = 0;
       await Promise.all(files.map(async (f) => {
         const key = f.uri.replace('s3://bench/', '');
-        wholeBytes += (await rawClient.getObject('bench', key, f.uri)).length;
+        const b = await rawClient.getObject('bench', key, f.uri);
+        wholeBytes += b.length;
       }));
     },
   };
