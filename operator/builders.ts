@@ -208,15 +208,15 @@ function podTemplate(r: DistributedInference, group: number) {
   const v = resolved(r);
   const rt = s.runtime ?? {};
   const env = [
-    { name: 'SHARDSERVE_RANK', valueFrom: { fieldRef: { fieldPath: `metadata.labels['${POD_INDEX_LABEL}']` } } },
+    { name: 'SHARDSERVE_RANK', valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: `metadata.labels['${POD_INDEX_LABEL}']` } } },
     { name: 'SHARDSERVE_GROUP', value: String(group) },
     { name: 'SHARDSERVE_WORLD_SIZE', value: String(v.worldSize) },
     { name: 'SHARDSERVE_PIPELINE_STAGES', value: String(v.pipelineStages) },
     { name: 'SHARDSERVE_TENSOR_PARALLEL', value: String(v.tensorParallel) },
     { name: 'SHARDSERVE_PEERS', value: `${names.group(v.name, group)}-{rank}.${names.headless(v.name)}.${v.namespace}.svc:${RANK_PORT}` },
     { name: 'SHARDSERVE_CONFIG', value: `${CONFIG_DIR}/${CONFIG_FILE}` },
-    { name: 'SHARDSERVE_POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
-    { name: 'SHARDSERVE_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+    { name: 'SHARDSERVE_POD_NAME', valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.name' } } },
+    { name: 'SHARDSERVE_NAMESPACE', valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.namespace' } } },
     ...(rt.env ?? []).map((e) => ({ name: e.name, value: e.value ?? '' })),
   ];
   const dec = s.checkpoint.decryption;
