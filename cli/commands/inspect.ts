@@ -107,7 +107,26 @@ Examples:
 
     if (await isDirectory(target)) {
       const storage: Storage = await openStorage(target);
-      const ranks = await discoverCheckpoint(storage);
+      let ranks: Map<number, string>;
+      try {
+        ranks = await discoverCheckpoint(storage);
+      } catch (e) {
+        // A directory of checkpoint files without rank_<N>/ (e.g. one rank's directory): show each file.
+        if (!isShardserveError(e) || e.code !== 'NoCheckpoint') throw e;
+        const keys = (await storage.list()).map((o) => o.key).filter((k) => /\.(ckpt|safetensors)$/i.test(k) && !k.includes('/'));
+        if (keys.length === 0) throw e;
+        const shown = [];
+        for (const key of keys) {
+          const index = await openCheckpointObject(storage, key, { decryption, verifyCrc: values['verify-crc'] });
+          try {
+            shown.push(describeIndex(index, storage.uriOf(key)));
+          } finally {
+            await index.source.close();
+          }
+        }
+        out(shown.map((d) => indexText(d, strategy)).join('\n'), { kind: 'checkpoint-files', uri: target, files: shown });
+        return 0;
+      }
       const described = [];
       for (const [rank, key] of ranks) {
         const index = await openCheckpointObject(storage, key, { decryption, verifyCrc: values['verify-crc'] });

@@ -17,6 +17,7 @@ temp name and renamed.
   --strategy <file|dir>    training strategy (.ckpt protobuf or .json; per-stage or merged)
   --out <file>             output file; .safetensors or .ckpt picks the format
   --format safetensors|ckpt     must agree with the extension when both are given
+  --verify-crc             verify the source files' CRC (reads each whole file once more)
   --crc                    add MindSpore's crc_num
   --json                   print the result as JSON
   --key-file <file> | --key-env <VAR>, --dec-mode <AES-GCM|AES-CBC|SM4-CBC>   for encrypted .ckpt files
@@ -27,7 +28,7 @@ Example:
   async run(argv) {
     const { values } = parseFlags(argv, {
       checkpoint: { type: 'string' }, strategy: { type: 'string' }, out: { type: 'string' }, format: { type: 'string' },
-      crc: { type: 'boolean' }, json: { type: 'boolean' }, ...decryptionFlags,
+      crc: { type: 'boolean' }, 'verify-crc': { type: 'boolean' }, json: { type: 'boolean' }, ...decryptionFlags,
     });
     const progress = createProgress('merge', { json: values.json });
     const written = await mergeCheckpoint({
@@ -36,6 +37,7 @@ Example:
       out: required(values.out, '--out'),
       format: outputFormat(values.format),
       crc: values.crc,
+      verifyCrc: values['verify-crc'],
       decryption: decryptionFrom(values),
       onProgress: progress.update,
     });

@@ -26,6 +26,7 @@ planned before anything is written, and files appear only when all succeeded.
   --world N --stages P --tp T   or derive it as \`shardserve layout\` does
   --out <dir>              output directory
   --format safetensors|ckpt     output format (default safetensors); ckpt loads in MindSpore
+  --verify-crc             verify the source files' CRC (reads each whole file once more)
   --crc                    add MindSpore's crc_num (ckpt trailer / safetensors metadata)
   --json                   print per-rank results as JSON (no progress bar)
   --key-file <file> | --key-env <VAR>, --dec-mode <AES-GCM|AES-CBC|SM4-CBC>   for encrypted .ckpt files
@@ -36,7 +37,7 @@ Example:
   async run(argv) {
     const { values } = parseFlags(argv, {
       checkpoint: { type: 'string' }, strategy: { type: 'string' }, 'dst-strategy': { type: 'string' }, out: { type: 'string' },
-      format: { type: 'string' }, crc: { type: 'boolean' }, json: { type: 'boolean' }, ...targetFlags, ...decryptionFlags,
+      format: { type: 'string' }, crc: { type: 'boolean' }, 'verify-crc': { type: 'boolean' }, json: { type: 'boolean' }, ...targetFlags, ...decryptionFlags,
     });
     const target = targetFrom(values);
     if (!values['dst-strategy'] && !target) throw new ShardserveError('Usage', 'give --dst-strategy <file> or --world/--stages/--tp (use `merge` for a single device)');
@@ -49,6 +50,7 @@ Example:
       out: required(values.out, '--out'),
       format: outputFormat(values.format),
       crc: values.crc,
+      verifyCrc: values['verify-crc'],
       decryption: decryptionFrom(values),
       onProgress: progress.update,
     });

@@ -37,6 +37,8 @@ interface ReadUnit {
   scatter(bytes: Uint8Array): void;
   /** Set when the bytes land contiguously in one destination tensor: a local read can go straight there. */
   direct?: { dst: Uint8Array; offset: number };
+  /** The destination pieces the bytes fill in order, when they scatter (for a vectored local read). */
+  views?: () => Uint8Array[];
 }
 
 /** Reads of at most this many bytes each, so a large piece never sits in memory twice. */
@@ -61,6 +63,17 @@ function readUnitsOf(op: CopyOp, entry: TensorEntry, dst: Uint8Array, units: Rea
           fileOffset,
           length,
           direct: contiguous ? { dst: out, offset: op.dstOffset + (tensorOffset - op.srcOffset) } : undefined,
+          views() {
+            // The destination pieces this unit's bytes fill, in file order (for a vectored read).
+            const list: Uint8Array[] = [];
+            const end = tensorOffset + length;
+            forEachRun(op, (src, dstOffset, len) => {
+              const a = Math.max(src, tensorOffset);
+              const z = Math.min(src + len, end);
+              if (a < z) list.push(out.subarray(dstOffset + (a - src), dstOffset + (z - src)));
+            });
+            return list;
+          },
           scatter(bytes) {
             const end = tensorOffset + length;
             forEachRun(op, (src, dstOffset, len) => {
@@ -102,6 +115,11 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], con
       let scratch: Buffer | undefined;
       while (next < units.length) {
         const u = units[next++];
+        if (!u.direct && u.views) {
+          await readIntoViews(handle, u.views(), u.fileOffset, u.length, uri);
+          stats.requests++;
+          continue;
+        }
         let target: Uint8Array;
         let at: number;
         if (u.direct) {
@@ -129,6 +147,27 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], con
     return true;
   } finally {
     await handle.close();
+  }
+}
+
+/** One vectored read (readv, at most IOV_MAX buffers per call) of a file range into destination pieces. */
+async function readIntoViews(handle: FileHandle, views: Uint8Array[], position: number, length: number, uri: string): Promise<void> {
+  let i = 0;
+  let pos = position;
+  while (i < views.length) {
+    const batch = views.slice(i, i + 1024);
+    const want = batch.reduce((s, v) => s + v.byteLength, 0);
+    const { bytesRead } = await handle.readv(batch, pos);
+    if (bytesRead === 0) throw new ShardserveError('ShortRead', `${uri}: file ended at ${pos}, expected ${position + length} bytes`, { file: uri });
+    pos += bytesRead;
+    if (bytesRead === want) {
+      i += batch.length;
+      continue;
+    }
+    // Short read: skip the filled views and continue inside the partly filled one.
+    let left = bytesRead;
+    while (left >= views[i].byteLength) left -= views[i++].byteLength;
+    views[i] = views[i].subarray(left);
   }
 }
 

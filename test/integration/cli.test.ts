@@ -1,7 +1,7 @@
 // The CLI's contract: every bad input gives one specific line on stderr and a non-zero exit, nothing
 // is left behind, --help explains every command, and `shardserve` runs as a real process.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -108,6 +108,23 @@ describe('bad input gives one specific line and a non-zero exit', () => {
   });
 });
 
+describe('CRC', () => {
+  it('merge --verify-crc refuses a rank file whose payload no longer matches its trailer; without it the file is read', async () => {
+    const crcCase = join(fixtures, 'cases', 'crc');
+    const ckpt = join(work, 'crc-flipped');
+    cpSync(join(crcCase, 'ckpt'), ckpt, { recursive: true });
+    copyFileSync(join(bad, 'crc-payload-flipped', 'net-1_1.ckpt'), join(ckpt, 'rank_0', 'net-1_1.ckpt'));
+    const spec = JSON.parse(readFileSync(join(crcCase, 'case.json'), 'utf8'));
+    const out = join(work, 'crc-merged.safetensors');
+    const r = await cli(['merge', '--checkpoint', ckpt, '--strategy', join(crcCase, spec.strategy), '--out', out, '--verify-crc']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`shardserve merge: ${join(ckpt, 'rank_0', 'net-1_1.ckpt')}: CRC check failed: trailer says 3661982895, the data has 3877979423\n`);
+    expect(existsSync(out)).toBe(false);
+    const ok = await cli(['merge', '--checkpoint', ckpt, '--strategy', join(crcCase, spec.strategy), '--out', out]);
+    expect(ok.code).toBe(0);
+  });
+});
+
 describe('missing ranks', () => {
   const missing = join(bad, 'missing-rank');
   it('inspect names the rank the strategy expects but the checkpoint lacks', async () => {
@@ -162,6 +179,8 @@ describe('working commands', () => {
   it('inspect shows a file, a directory and a strategy', async () => {
     const f = await cli(['inspect', join(tutorial, 'ckpt', 'rank_5', 'net-1_1.ckpt')]);
     expect(f.stdout.split('\n')[1]).toMatch(/^ {2}matmul_weight +F32 +\[24,16\] +1\.5 KiB$/);
+    const one = await cli(['inspect', join(tutorial, 'ckpt', 'rank_2'), '--json']);
+    expect(JSON.parse(one.stdout).files.map((x: { tensors: unknown[] }) => x.tensors.length)).toEqual([3]);
     const d = await cli(['inspect', join(tutorial, 'ckpt'), '--json']);
     expect(JSON.parse(d.stdout).ranks).toHaveLength(8);
     const s = await cli(['inspect', join(tutorial, 'strategy.ckpt'), '--json']);
