@@ -72,6 +72,14 @@ export class ResourceWrapper {
   build(): DistributedInference {
     return structuredClone(this.obj);
   }
+
+  /** What a user applies: no uid or generation (the API server assigns them). */
+  forApply(): DistributedInference {
+    const o = this.build();
+    delete o.metadata!.uid;
+    delete o.metadata!.generation;
+    return o;
+  }
 }
 
 function merge(into: Record<string, unknown>, patch: Record<string, unknown>): void {

@@ -6,7 +6,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ensureControlPlaneBinaries, type ControlPlaneBinaries } from './binaries.js';
 
 export type ControlPlane = {
@@ -109,7 +109,9 @@ async function stopProcess(child: ChildProcess, graceMs = 10_000): Promise<void>
 
 /** Runs kubectl against a kubeconfig; never throws (tests assert on code/stdout/stderr). */
 export function kubectl(cp: Pick<ControlPlane, 'bins' | 'kubeconfig'>, args: string[], opts: { input?: string; kubeconfig?: string; timeoutMs?: number } = {}) {
-  const r = spawnSync(cp.bins.kubectl, ['--kubeconfig', opts.kubeconfig ?? cp.kubeconfig, '--request-timeout=30s', ...args], {
+  // A discovery cache per control plane (the default one under $HOME would outlive the cluster).
+  const cacheDir = join(dirname(cp.kubeconfig), 'kubectl-cache');
+  const r = spawnSync(cp.bins.kubectl, ['--kubeconfig', opts.kubeconfig ?? cp.kubeconfig, `--cache-dir=${cacheDir}`, '--request-timeout=30s', ...args], {
     input: opts.input,
     encoding: 'utf8',
     timeout: opts.timeoutMs ?? 60_000,
