@@ -21,6 +21,7 @@ export interface UpOptions {
 /** The rank configuration `up` hands every local rank, with the layout checked against the strategy. */
 export async function upConfig(o: UpOptions): Promise<RankConfig> {
   const tp = o.tp ?? 1;
+  if (tp !== 1) throw new ShardserveError('Unsupported', `--tp ${tp}: tensor-parallel stages are not supported yet (expected 1)`);
   const trained = (await loadStrategy(o.strategy)).stageCount;
   let stages = o.stages;
   if (stages === undefined) stages = o.world !== undefined ? o.world / tp : trained;
@@ -31,7 +32,6 @@ export async function upConfig(o: UpOptions): Promise<RankConfig> {
   if (!Number.isInteger(stages) || stages < 1) throw new ShardserveError('Usage', `--world ${o.world} is not a multiple of --tp ${tp}`);
   const world = o.world ?? stages * tp;
   if (world !== stages * tp) throw new ShardserveError('Usage', `--world ${world} must equal --stages ${stages} × --tp ${tp}`);
-  if (tp !== 1) throw new ShardserveError('Unsupported', `--tp ${tp}: tensor-parallel stages are not supported yet (expected 1)`);
   return {
     modelName: o.modelName,
     model: { uri: o.model, ...(o.cutTensors?.length ? { cutTensors: o.cutTensors } : {}) },
