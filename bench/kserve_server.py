@@ -8,6 +8,7 @@ peer to compare shardserve's front door with (npm run bench:serve). Configured b
 Before serving it times session.run on the same input so the benchmark can subtract the model's
 compute from KServe's end-to-end latency (its front-door overhead).
 """
+import importlib.metadata
 import json
 import os
 import time
@@ -68,5 +69,5 @@ if __name__ == "__main__":
         times.append((time.perf_counter() - t0) * 1000)
     times.sort()
     with open(os.environ["KSB_REPORT"], "w") as f:
-        json.dump({"ort_p50_ms": times[len(times) // 2], "kserve": kserve.__version__ if hasattr(kserve, "__version__") else "", "onnxruntime": ort.__version__}, f)
+        json.dump({"ort_p50_ms": times[len(times) // 2], "kserve": importlib.metadata.version("kserve"), "onnxruntime": ort.__version__}, f)
     kserve.ModelServer(http_port=int(os.environ["KSB_HTTP_PORT"]), grpc_port=int(os.environ["KSB_GRPC_PORT"]), workers=1).start([model])
