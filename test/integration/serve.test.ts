@@ -112,3 +112,32 @@ describe('ranks loading their slice from a sharded checkpoint answer like the me
     }
   }
 });
+
+describe('requested outputs', () => {
+  it('returns only the outputs asked for, in the order asked, even one produced in the first stage', async () => {
+    const net = transformerNetwork();
+    const fixture = writeServeFixture(mkdtempSync(join(tmpdir(), 'serve-ckpt-')), net, 4);
+    const group = await startInProcessGroup({} as any, new Array(4).fill(new Uint8Array()), {
+      loader: loadCheckpointStage,
+      configOf: (ports) => fixtureConfig(fixture, ports),
+    });
+    try {
+      const x = net.sampleInput(1).x;
+      const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', x.data, x.dims) });
+      const client = oipClient(group.grpcAddress);
+      const ask = async (names: string[]) => call(client, 'ModelInfer', {
+        model_name: 'net', inputs: [{ name: 'x', datatype: 'FP32', shape: x.dims }], raw_input_contents: [Buffer.from(x.data.buffer)],
+        outputs: names.map((name) => ({ name })),
+      });
+      const one = await ask(['blocks.0.h']);
+      expect(one.outputs.map((o: any) => o.name)).toEqual(['blocks.0.h']);
+      expect(Buffer.compare(one.raw_output_contents[0], bytesOf(expected['blocks.0.h']))).toBe(0);
+      const both = await ask(['blocks.0.h', 'y']);
+      expect(both.outputs.map((o: any) => o.name)).toEqual(['blocks.0.h', 'y']);
+      expect(Buffer.compare(both.raw_output_contents[1], bytesOf(expected.y))).toBe(0);
+      client.close();
+    } finally {
+      await group.stop();
+    }
+  });
+});
