@@ -165,10 +165,13 @@ export class Controller {
   private async act(r: DistributedInference, d: Decision, nowMs: number): Promise<void> {
     const ns = r.metadata!.namespace!;
     const key = `${ns}/${r.metadata!.name}`;
-    for (const obj of d.apply) {
-      await this.o.api.apply(objectPath(obj.apiVersion, obj.kind, ns, obj.metadata.name), obj, FIELD_MANAGER);
-      this.applied.set(`${ns}/${obj.kind}/${obj.metadata.name}`, obj.metadata.annotations[ANNOTATION_APPLIED], nowMs);
-    }
+    // Independent objects: apply them concurrently (the kubelet waits for a missing ConfigMap anyway).
+    await Promise.all(
+      d.apply.map(async (obj) => {
+        await this.o.api.apply(objectPath(obj.apiVersion, obj.kind, ns, obj.metadata.name), obj, FIELD_MANAGER);
+        this.applied.set(`${ns}/${obj.kind}/${obj.metadata.name}`, obj.metadata.annotations[ANNOTATION_APPLIED], nowMs);
+      }),
+    );
     for (const name of d.deleteStatefulSets) {
       await ignoreGone(this.o.api.delete(objectPath('apps/v1', 'StatefulSet', ns, name), 'StatefulSet', { propagationPolicy: 'Background' }));
     }

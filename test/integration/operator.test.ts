@@ -233,6 +233,36 @@ describe('the operator against a real control plane', () => {
     expect(await snapshot()).toEqual(before);
   });
 
+  it('serves /healthz (informer health), /readyz and Prometheus /metrics', async () => {
+    const base = `http://127.0.0.1:${op.port}`;
+    const health = await (await fetch(`${base}/healthz`)).json();
+    expect(health.ok).toBe(true);
+    expect(health.informers.map((i: Json) => i.kind).sort()).toEqual(['ConfigMap', 'DistributedInference', 'EndpointSlice', 'Pod', 'Service', 'StatefulSet']);
+    expect((await fetch(`${base}/readyz`)).status).toBe(200);
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    for (const name of ['shardserve_operator_reconcile_total', 'shardserve_operator_reconcile_errors_total', 'shardserve_operator_reconcile_duration_seconds_bucket', 'shardserve_operator_queue_depth', 'shardserve_operator_api_writes_total', 'shardserve_operator_leader 1']) {
+      expect(metrics).toContain(name);
+    }
+  });
+
+  it('watches only the namespaces it is given', async () => {
+    const watched = await newNamespace(api, 'watched');
+    const other = await newNamespace(api, 'not-watched');
+    await op.stop();
+    op = await startOperator({ namespaces: [watched] });
+    try {
+      await create(resource('llm', watched).build());
+      await create(resource('llm', other).build());
+      await eventually('status in the watched namespace', async () => (await getDi(watched, 'llm')).status?.observedGeneration === 1);
+      await op.controller()!.idle();
+      expect((await getDi(other, 'llm')).status).toBeUndefined();
+      expect((await api.get(`/apis/apps/v1/namespaces/${other}/statefulsets`)).items).toEqual([]);
+    } finally {
+      await op.stop();
+      op = await startOperator();
+    }
+  });
+
   it('two operator replicas elect exactly one leader; the standby takes over when it stops', async () => {
     const leaseNs = await newNamespace(api, 'leader-election');
     await op.stop();
