@@ -100,6 +100,7 @@ export class LocalGroup {
       SHARDSERVE_HTTP_PORT: p.rank === 0 ? String(config.serving.httpPort) : '0',
       SHARDSERVE_DRAIN_SECONDS: String(this.opts.drainSeconds ?? 10),
       SHARDSERVE_TERMINATION_LOG: join(this.dir, `rank-${p.rank}.termination-log`),
+      SHARDSERVE_SUPERVISOR_PID: String(process.pid),
     };
     const child = spawn(process.execPath, [CLI, 'rank'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     p.child = child;

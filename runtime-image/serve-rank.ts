@@ -31,6 +31,17 @@ export async function serveRank(env: NodeJS.ProcessEnv = process.env, log: (line
     const signalled = new Promise<string>((resolve) => {
       process.once('SIGTERM', () => resolve('SIGTERM'));
       process.once('SIGINT', () => resolve('SIGINT'));
+      // Under `shardserve up`, a rank never outlives its supervisor (if it is killed, the ranks go too).
+      const supervisor = Number(env.SHARDSERVE_SUPERVISOR_PID ?? 0);
+      if (supervisor > 0) {
+        const watch = setInterval(() => {
+          if (process.ppid !== supervisor) {
+            clearInterval(watch);
+            resolve('supervisor exit');
+          }
+        }, 500);
+        watch.unref();
+      }
     });
     // A load failure ends the rank at once; otherwise serve until a signal.
     const outcome = await Promise.race([signalled, h.loaded.then(() => new Promise<string>(() => {}))]);

@@ -57,6 +57,9 @@ export const upCommand: Command = {
   usage,
   async run(argv) {
     const flags = parseUpFlags(argv);
+    // A closed terminal or pipe must not stop the supervisor half-way through stopping its ranks.
+    process.stderr.on('error', () => {});
+    process.stdout.on('error', () => {});
     const config = await upConfig(flags);
     let display: ReturnType<typeof progressDisplay> | undefined;
     const group = new LocalGroup({ config, log: (l) => (display ? display.log(l) : process.stderr.write(l + '\n')) });

@@ -1,8 +1,8 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
 import { writeServeFixture } from './serve-fixture.js';
 import { freePortBlock, freePorts } from './serve-models.js';
@@ -10,13 +10,23 @@ import { freePortBlock, freePorts } from './serve-models.js';
 // `npm start` (shardserve demo) and `shardserve up` as a user runs them.
 const ROOT = join(import.meta.dirname, '..', '..');
 
+const children: ReturnType<typeof spawn>[] = [];
+// A failed assertion must not leave `up` (and its ranks) running: SIGTERM stops them all.
+afterAll(async () => {
+  await Promise.all(children.filter((c) => c.exitCode === null && c.signalCode === null).map((c) => new Promise((resolve) => {
+    c.once('exit', resolve);
+    c.kill('SIGTERM');
+  })));
+});
+
 function cli(args: string[], timeoutMs: number) {
   const child = spawn(process.execPath, [join(ROOT, 'bin', 'shardserve.mjs'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => (stdout += d));
   child.stderr!.on('data', (d) => (stderr += d));
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const timer = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => {
     clearTimeout(timer);
     resolve(code);
@@ -72,5 +82,31 @@ describe('shardserve up', () => {
     expect(run.stderr()).toMatch(/\[rank 0\] rank 0: draining \(received SIGTERM\)/);
     expect(run.stderr()).toMatch(/\[rank 1\] rank 1: stopped/);
     await expect(fetch(`http://127.0.0.1:${http}/readyz`)).rejects.toThrow();
+  }, 120_000);
+
+  it('takes its ranks down with it when it is killed outright (no orphaned ranks)', async () => {
+    const f = writeServeFixture(mkdtempSync(join(tmpdir(), 'up-')), mlpNetwork(), 2);
+    const [grpc, http] = await freePorts(2);
+    const rankPort = await freePortBlock(2);
+    const run = cli(['up', '--model', f.model, '--checkpoint', f.checkpoint, '--strategy', f.strategy, '--port', String(grpc), '--http-port', String(http), '--rank-port', String(rankPort)], 120_000);
+    const until = Date.now() + 90_000;
+    while (!/serving model/.test(run.stderr())) {
+      if (Date.now() > until || run.child.exitCode !== null) throw new Error(run.stderr());
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const ranks = execFileSync('pgrep', ['-P', String(run.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+    expect(ranks.length).toBeGreaterThanOrEqual(2);
+    run.child.kill('SIGKILL');
+    const alive = () => ranks.filter((pid) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    const deadline = Date.now() + 15_000;
+    while (alive().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(alive()).toEqual([]);
   }, 120_000);
 });
