@@ -25,7 +25,12 @@ try {
   const ns = await newNamespace(api, 'bench');
   const kubeconfig = cp.kubeconfigFor(USER, ['system:masters']);
   const port = 18000 + (process.pid % 1000);
-  child = spawn(process.execPath, [join(repo, 'bin', 'shardserve.mjs'), 'operator', '--kubeconfig', kubeconfig, `--listen=127.0.0.1:${port}`, '--leader-elect=false', '--workers=8', '--log-level=warn'], { stdio: ['ignore', 'inherit', 'inherit'] });
+  // Node's heap flags as the chart's Deployment sets them (values.yaml nodeOptions).
+  const nodeOptions = '--max-semi-space-size=4 --max-old-space-size=128';
+  child = spawn(process.execPath, [join(repo, 'bin', 'shardserve.mjs'), 'operator', '--kubeconfig', kubeconfig, `--listen=127.0.0.1:${port}`, '--leader-elect=false', '--workers=8', '--log-level=warn'], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    env: { ...process.env, NODE_OPTIONS: nodeOptions },
+  });
   const pid = child.pid!;
   await eventually('operator ready', async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).ok, 60_000);
 
@@ -64,6 +69,12 @@ try {
     const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     return text.split('\n').filter((l) => l.startsWith(name)).reduce((s, l) => s + Number(l.split(' ').pop()), 0);
   };
+  // The controller manager keeps creating the 200 pods for a while; each changes a status once
+  // (CreatingRanks → LoadingRanks). Steady state starts when every status reflects its pod.
+  await eventually('every status reflects its pod', async () => {
+    const dis = await api.get(`/apis/${GROUP}/${VERSION}/namespaces/${ns}/${PLURAL}`);
+    return (dis.items as Json[]).every((d) => d.status?.conditions?.find((c: Json) => c.type === 'Ready')?.reason === 'LoadingRanks');
+  }, 300_000);
   await eventually('queue drained', async () => (await metric('shardserve_operator_queue_depth')) === 0, 120_000);
   await new Promise((r) => setTimeout(r, 5000));
   const convergedWrites = auditedWrites(cp, USER, since);
@@ -90,7 +101,10 @@ try {
     apiWritesByKind: byKind,
     steadyStateSeconds: STEADY_SECONDS,
     steadyStateWrites: steadyWrites.length,
+    steadyStateWriteSample: steadyWrites.slice(0, 5),
+    conflictedWrites: convergedWrites.filter((w) => w.code === 409).length,
     operatorRssMb: { idle: Number(idleRss.toFixed(1)), peak: Number(peakRss.toFixed(1)) },
+    operatorNodeOptions: nodeOptions,
     targets: { steadyStateWrites: 0, peakRssMb: 150 },
     machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
   };
