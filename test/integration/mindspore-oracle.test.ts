@@ -82,7 +82,7 @@ describe.each(cases)('MindSpore case $name', ({ name, dir, spec }) => {
   const checkpoint = join(dir, spec.checkpoint);
   const strategy = join(dir, spec.strategy);
 
-  it.runIf(spec.expected.merged)('merge equals MindSpore\'s merged tensors byte for byte', async () => {
+  if (spec.expected.merged) it('merge equals MindSpore\'s merged tensors byte for byte', async () => {
     const work = tmp();
     const out = join(work, 'merged.safetensors');
     const r = await cli(['merge', '--checkpoint', checkpoint, '--strategy', strategy, '--out', out, ...keyArgs(spec, work)]);
@@ -96,7 +96,7 @@ describe.each(cases)('MindSpore case $name', ({ name, dir, spec }) => {
   const tensorsOf = (spec as unknown as { tensors?: Record<string, { savedBy?: number[] }> }).tensors ?? {};
   const dedup = Object.values(tensorsOf).some((t) => t.savedBy);
   const field = name === 'field-split';
-  it.runIf(spec.expected.ranks && !dedup && !field)('reshard to the training layout reproduces every rank\'s slice byte for byte', async () => {
+  if (spec.expected.ranks && !dedup && !field) it('reshard to the training layout reproduces every rank\'s slice byte for byte', async () => {
     const work = tmp();
     const out = join(work, 'out');
     const r = await cli(['reshard', '--checkpoint', checkpoint, '--strategy', strategy, '--dst-strategy', strategy, '--out', out, ...keyArgs(spec, work)]);
