@@ -1,5 +1,6 @@
 // The operator against a real kube-apiserver + kube-controller-manager (StatefulSets make pods,
 // the garbage collector deletes owned objects). The tests play the kubelet by writing pod status.
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
@@ -48,6 +49,13 @@ async function podsOf(ns: string, name: string, n: number): Promise<Json[]> {
 async function makeReady(ns: string, pods: Json[], base: number): Promise<void> {
   for (const [i, p] of pods.entries()) await setPodReady(api, ns, p.metadata.name, `10.1.${base}.${i + 1}`);
 }
+
+/** Health as GitOps tools compute it (sigs.k8s.io/cli-utils kstatus, built with the control plane). */
+const kstatus = (obj: unknown): string => {
+  const r = spawnSync(cp.bins.kstatus, [], { input: JSON.stringify(obj), encoding: 'utf8', timeout: 30_000 });
+  if (r.status !== 0) throw new Error(`kstatus failed: ${r.stderr}`);
+  return JSON.parse(r.stdout).status;
+};
 
 const sliceEndpoints = async (ns: string, name: string) =>
   ((await getOrUndefined(api, `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices/${name}-frontdoor`))?.endpoints ?? []).map((e: Json) => e.targetRef.name);
@@ -101,6 +109,11 @@ describe('the operator against a real control plane', () => {
   it('reports readiness: status, conditions, the front door in the client Service, an event', async () => {
     const ns = await newNamespace(api, 'readiness');
     const di = await create(resource('llm', ns).layout(2, 1).build());
+    const loading = await eventually('LoadingRanks', async () => {
+      const d = await getDi(ns, 'llm');
+      return cond(d, 'Ready')?.reason === 'LoadingRanks' ? d : undefined;
+    }, 30_000, describeDi(ns, 'llm'));
+    expect(kstatus(loading)).toBe('InProgress');
     await makeReady(ns, await podsOf(ns, 'llm', 2), 1);
     const ready = await eventually('Ready', async () => {
       const d = await getDi(ns, 'llm');
@@ -117,6 +130,7 @@ describe('the operator against a real control plane', () => {
       ['Ready', 'True', 'AllGroupsReady'], ['Progressing', 'False', 'Complete'], ['Degraded', 'False', 'RanksHealthy'], ['Reconciling', 'False', 'Complete'], ['Stalled', 'False', 'NotStalled'],
     ]);
     expect(await sliceEndpoints(ns, 'llm')).toEqual(['llm-g0-0']);
+    expect(kstatus(ready)).toBe('Current');
     await eventually('the Ready event', async () => (await api.get(`/api/v1/namespaces/${ns}/events`)).items.some((e: Json) => e.reason === 'AllGroupsReady' && e.involvedObject.name === 'llm'));
   });
 
@@ -134,9 +148,10 @@ describe('the operator against a real control plane', () => {
     expect(cond(d, 'Degraded')!.message).toContain('rank 1 of group 0 (pod llm-g0-1) exited with code 1: strategy has 4 stages, spec asks for 2; fix the spec or the checkpoint');
     expect(cond(d, 'Ready')).toMatchObject({ status: 'False', reason: 'RankFailed' });
     expect(cond(d, 'Stalled')).toMatchObject({ status: 'True', reason: 'RankFailed' });
+    expect(kstatus(d)).toBe('Failed');
     await eventually('the group out of service', async () => (await sliceEndpoints(ns, 'llm')).length === 0);
-    const kstatus = kubectl(cp, ['get', 'dinf', 'llm', '-n', ns, '-o', 'jsonpath={.status.conditions[?(@.type=="Stalled")].status}']);
-    expect(kstatus.stdout).toBe('True');
+    const stalled = kubectl(cp, ['get', 'dinf', 'llm', '-n', ns, '-o', 'jsonpath={.status.conditions[?(@.type=="Stalled")].status}']);
+    expect(stalled.stdout).toBe('True');
     await setPodReady(api, ns, 'llm-g0-1', '10.1.2.2');
     await eventually('recovered', async () => {
       const x = await getDi(ns, 'llm');

@@ -1,5 +1,5 @@
 // The real Kubernetes control plane for the operator suites: etcd, kube-apiserver,
-// kube-controller-manager, kubectl and helm, built once from their Go modules into the cache
+// kube-controller-manager, kubectl and helm (plus a small kstatus tool), built once from their Go modules into the cache
 // (cache.ts) and reused by every later run and clone. KUBEBUILDER_ASSETS (the envtest convention)
 // is honoured: binaries found there are used as they are, and only the missing ones are built.
 import { spawn } from 'node:child_process';
@@ -20,6 +20,8 @@ export type ControlPlaneBinaries = {
   kubeControllerManager: string;
   kubectl: string;
   helm: string;
+  /** sigs.k8s.io/cli-utils kstatus (what Flux computes as health), reading an object on stdin. */
+  kstatus: string;
 };
 
 type Target = { key: keyof ControlPlaneBinaries; file: string; module: string; pkg: string; ldflags: string };
@@ -39,6 +41,7 @@ const targets: Target[] = [
   { key: 'kubectl', file: 'kubectl', module: 'tools', pkg: 'k8s.io/kubernetes/cmd/kubectl', ldflags: kubeLd },
   { key: 'etcd', file: 'etcd', module: 'tools', pkg: 'go.etcd.io/etcd/server/v3', ldflags: '-s -w' },
   { key: 'helm', file: 'helm', module: 'helm', pkg: 'helm.sh/helm/v3/cmd/helm', ldflags: `-s -w -X helm.sh/helm/v3/internal/version.version=v${HELM_VERSION}` },
+  { key: 'kstatus', file: 'kstatus', module: 'kstatus', pkg: 'shardserve.test/k8s-kstatus', ldflags: '-s -w' },
 ];
 
 /** The cache directory the binaries of this version set are built into. */
