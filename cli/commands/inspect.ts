@@ -115,6 +115,12 @@ Examples:
         if (!isShardserveError(e) || e.code !== 'NoCheckpoint') throw e;
         const keys = (await storage.list()).map((o) => o.key).filter((k) => /\.(ckpt|safetensors)$/i.test(k) && !k.includes('/'));
         if (keys.length === 0) throw e;
+        // A directory of per-stage/per-rank strategy files (protobuf ones end in .ckpt too).
+        const asStrategy = await loadStrategy(target).catch(() => undefined);
+        if (asStrategy) {
+          out(strategyText(asStrategy), { kind: 'strategy', ...describeStrategy(asStrategy) });
+          return 0;
+        }
         const shown = [];
         for (const key of keys) {
           const index = await openCheckpointObject(storage, key, { decryption, verifyCrc: values['verify-crc'] });

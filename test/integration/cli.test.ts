@@ -187,6 +187,15 @@ describe('working commands', () => {
     expect(JSON.parse(s.stdout).params[0]).toMatchObject({ name: 'matmul_weight', layouts: [{ devMatrix: [2, 1, 4, 1], tensorMap: [1, 0], parts: [4, 1] }] });
   });
 
+  it('inspect shows a directory of per-rank protobuf strategy files as one strategy, not as checkpoints', async () => {
+    const r = await cli(['inspect', join(fixtures, 'cases', 'pipeline-2stage', 'strategy'), '--json']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const s = JSON.parse(r.stdout);
+    expect({ kind: s.kind, stages: s.stages, devicesPerStage: s.devicesPerStage }).toEqual({ kind: 'strategy', stages: 2, devicesPerStage: 4 });
+    expect(s.params.find((p: { name: string }) => p.name === 'embedding.embedding_table').stages).toEqual([0, 1]);
+  });
+
   it('runs as a real process: npx shardserve plan --json', async () => {
     const { stdout } = await promisify(execFile)('node', [join(root, 'bin', 'shardserve.mjs'), 'plan', ...T, '--tp', '4', '--rank', '1', '--json'], { cwd: root, timeout: 60_000 });
     const plan = JSON.parse(stdout);
