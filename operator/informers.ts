@@ -92,6 +92,7 @@ export class InformerSet {
             await e.informer.start();
             e.synced = true;
             e.healthy = true;
+            e.lastError = undefined;
             return;
           } catch (err) {
             e.lastError = err instanceof Error ? err.message : String(err);
