@@ -163,7 +163,8 @@ export class LocalGroup {
           }
         });
       }
-      this.pollTimer = setTimeout(poll, 200);
+      const settled = this.ranks.every((p) => p.child && p.status?.ready);
+      this.pollTimer = setTimeout(poll, settled ? 1_000 : 200);
     };
     poll();
   }

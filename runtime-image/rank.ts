@@ -217,10 +217,12 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
         });
       });
     };
+    // Often while the group comes up, once a second when it serves (a broken link already fails
+    // requests at once; polling only updates what /readyz says).
     const tick = () => {
       if (stopping) return;
       poll();
-      pollTimer = setTimeout(tick, 200);
+      pollTimer = setTimeout(tick, groupLifecycle.accepting ? 1_000 : 200);
     };
     tick();
     lifecycle.on('change', () => poll());
