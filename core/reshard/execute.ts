@@ -37,12 +37,64 @@ interface ReadUnit {
   scatter(bytes: Uint8Array): void;
   /** Set when the bytes land contiguously in one destination tensor: a local read can go straight there. */
   direct?: { dst: Uint8Array; offset: number };
-  /** The destination pieces the bytes fill in order, when they scatter (for a vectored local read). */
-  views?: () => Uint8Array[];
 }
 
 /** Reads of at most this many bytes each, so a large piece never sits in memory twice. */
 const UNIT_BYTES = 8 * 1024 * 1024;
+
+/**
+ * True when the runs of `op`, in visiting order, tile its source span densely: run j starts at
+ * srcOffset + j × runBytes (C-order strides of whole rows). Then a run's place follows from its number.
+ */
+export function tilesDensely(op: CopyOp): boolean {
+  let stride = op.runBytes;
+  for (let d = op.counts.length - 1; d >= 0; d--) {
+    if (op.srcStrides[d] !== stride) return false;
+    stride *= op.counts[d];
+  }
+  return true;
+}
+
+/**
+ * Copies the bytes of source-tensor stretch [lo, lo + bytes.length) of a densely tiling copy into
+ * `out`, run by run: no per-run closures or arrays, one memcpy per (part of a) run.
+ */
+export function scatterDense(op: CopyOp, lo: number, bytes: Uint8Array, out: Uint8Array): void {
+  const rb = op.runBytes;
+  const hi = lo + bytes.length;
+  const depth = op.counts.length;
+  let j = Math.floor((lo - op.srcOffset) / rb);
+  const end = Math.ceil((hi - op.srcOffset) / rb);
+  // Multi-index of run j and its destination offset.
+  const idx = new Array<number>(depth).fill(0);
+  let dst = op.dstOffset;
+  let rest = j;
+  for (let d = depth - 1; d >= 0; d--) {
+    idx[d] = rest % op.counts[d];
+    rest = Math.floor(rest / op.counts[d]);
+    dst += idx[d] * op.dstStrides[d];
+  }
+  const inner = depth - 1;
+  for (; j < end; j++) {
+    const src = op.srcOffset + j * rb;
+    const a = src < lo ? lo : src;
+    const z = src + rb > hi ? hi : src + rb;
+    out.set(bytes.subarray(a - lo, z - lo), dst + (a - src));
+    if (depth === 0) break;
+    // Next run: step the innermost index, carrying outwards.
+    let d = inner;
+    dst += op.dstStrides[d];
+    idx[d]++;
+    while (idx[d] === op.counts[d]) {
+      dst -= op.dstStrides[d] * op.counts[d];
+      idx[d] = 0;
+      d--;
+      if (d < 0) return;
+      dst += op.dstStrides[d];
+      idx[d]++;
+    }
+  }
+}
 
 /**
  * The reads of one copy. When its runs tile a contiguous stretch of the source tensor (whole rows,
@@ -55,6 +107,7 @@ function readUnitsOf(op: CopyOp, entry: TensorEntry, dst: Uint8Array, units: Rea
   const span = sourceSpan(op);
   const out = dst;
   if (span === runs * op.runBytes) {
+    const dense = tilesDensely(op);
     for (let lo = op.srcOffset; lo < op.srcOffset + span; lo += UNIT_BYTES) {
       const hi = Math.min(lo + UNIT_BYTES, op.srcOffset + span);
       tensorRunToFile(entry, lo, hi - lo, (fileOffset, tensorOffset, length) => {
@@ -63,25 +116,16 @@ function readUnitsOf(op: CopyOp, entry: TensorEntry, dst: Uint8Array, units: Rea
           fileOffset,
           length,
           direct: contiguous ? { dst: out, offset: op.dstOffset + (tensorOffset - op.srcOffset) } : undefined,
-          views() {
-            // The destination pieces this unit's bytes fill, in file order (for a vectored read).
-            const list: Uint8Array[] = [];
-            const end = tensorOffset + length;
-            forEachRun(op, (src, dstOffset, len) => {
-              const a = Math.max(src, tensorOffset);
-              const z = Math.min(src + len, end);
-              if (a < z) list.push(out.subarray(dstOffset + (a - src), dstOffset + (z - src)));
-            });
-            return list;
-          },
-          scatter(bytes) {
-            const end = tensorOffset + length;
-            forEachRun(op, (src, dstOffset, len) => {
-              const a = Math.max(src, tensorOffset);
-              const z = Math.min(src + len, end);
-              if (a < z) out.set(bytes.subarray(a - tensorOffset, z - tensorOffset), dstOffset + (a - src));
-            });
-          },
+          scatter: dense
+            ? (bytes) => scatterDense(op, tensorOffset, bytes, out)
+            : (bytes) => {
+                const end = tensorOffset + length;
+                forEachRun(op, (src, dstOffset, len) => {
+                  const a = Math.max(src, tensorOffset);
+                  const z = Math.min(src + len, end);
+                  if (a < z) out.set(bytes.subarray(a - tensorOffset, z - tensorOffset), dstOffset + (a - src));
+                });
+              },
         });
       });
     }
@@ -94,7 +138,8 @@ function readUnitsOf(op: CopyOp, entry: TensorEntry, dst: Uint8Array, units: Rea
 
 /**
  * The local fast path: a window of positional reads into the destination (or into one reused scratch
- * buffer per worker when the bytes scatter). Returns false when `uri` is not a local file of that size.
+ * buffer per worker when the bytes scatter; the scatter of one read overlaps the other workers'
+ * reads). Returns false when `uri` is not a local file of that size.
  */
 async function readLocalDirect(uri: string, size: number, units: ReadUnit[], concurrency: number, stats: ExecuteStats): Promise<boolean> {
   if (isRemote(uri)) return false;
@@ -115,18 +160,13 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], con
       let scratch: Buffer | undefined;
       while (next < units.length) {
         const u = units[next++];
-        if (!u.direct && u.views) {
-          await readIntoViews(handle, u.views(), u.fileOffset, u.length, uri);
-          stats.requests++;
-          continue;
-        }
         let target: Uint8Array;
         let at: number;
         if (u.direct) {
           target = u.direct.dst;
           at = u.direct.offset;
         } else {
-          if (!scratch || scratch.length < u.length) scratch = Buffer.allocUnsafe(Math.max(u.length, 1 << 20));
+          if (!scratch || scratch.length < u.length) scratch = Buffer.allocUnsafeSlow(Math.max(u.length, 1 << 20));
           target = scratch;
           at = 0;
         }
@@ -147,27 +187,6 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], con
     return true;
   } finally {
     await handle.close();
-  }
-}
-
-/** One vectored read (readv, at most IOV_MAX buffers per call) of a file range into destination pieces. */
-async function readIntoViews(handle: FileHandle, views: Uint8Array[], position: number, length: number, uri: string): Promise<void> {
-  let i = 0;
-  let pos = position;
-  while (i < views.length) {
-    const batch = views.slice(i, i + 1024);
-    const want = batch.reduce((s, v) => s + v.byteLength, 0);
-    const { bytesRead } = await handle.readv(batch, pos);
-    if (bytesRead === 0) throw new ShardserveError('ShortRead', `${uri}: file ended at ${pos}, expected ${position + length} bytes`, { file: uri });
-    pos += bytesRead;
-    if (bytesRead === want) {
-      i += batch.length;
-      continue;
-    }
-    // Short read: skip the filled views and continue inside the partly filled one.
-    let left = bytesRead;
-    while (left >= views[i].byteLength) left -= views[i++].byteLength;
-    views[i] = views[i].subarray(left);
   }
 }
 
