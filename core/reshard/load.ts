@@ -1,6 +1,6 @@
-import type { DecryptionOptions } from '../checkpoint/types.js';
+import type { CheckpointIndex, DecryptionOptions } from '../checkpoint/types.js';
 import type { DType } from '../dtype.js';
-import { planRank, type ReadPlan, sourceStagesFor } from '../plan/planner.js';
+import { type Destination, planRank, type ReadPlan, type SourceFile, sourceStagesFor } from '../plan/planner.js';
 import { executePlan, type ExecuteStats } from './execute.js';
 import { CheckpointSource, resolveDestination } from './session.js';
 
@@ -25,6 +25,48 @@ export interface DestinationSlice {
 }
 
 /**
+ * The plan of one destination rank, indexing only the files it reads (plus the first file of each
+ * source stage) instead of every file of the stages: a first plan assumes every file of a stage
+ * holds what its first file holds, which names the files to index; the real plan is then made from
+ * those files' own indexes (their shapes and dtypes are cross-checked as usual). When that plan
+ * cannot be made from them (a file lacks a tensor, a piece's holder is missing, ...) every file of
+ * the stages is indexed and planned from, exactly as before, so errors are the same.
+ */
+async function planReadingFewFiles(source: CheckpointSource, destination: Destination, rank: number): Promise<{ plan: ReadPlan; indexes: Map<number, CheckpointIndex> }> {
+  const stages = sourceStagesFor(source.strategy, destination, rank);
+  const full = async () => {
+    const { files, indexes } = await source.filesOf(stages);
+    return { plan: planRank({ source: source.strategy, files, destination, rank }), indexes };
+  };
+  const d = source.strategy.stageDevices;
+  const present = (stage: number) => [...source.rankKeys.keys()].filter((r) => r >= stage * d && r < (stage + 1) * d).sort((a, b) => a - b);
+  const firsts = stages.map((s) => present(s)[0]).filter((r): r is number => r !== undefined);
+  if (firsts.length !== stages.length) return full();
+  const fileOf = (r: number, index: CheckpointIndex): SourceFile => ({ rank: r, uri: source.storage.uriOf(source.rankKeys.get(r)!), tensors: index.tensors });
+  let needed: Set<number>;
+  try {
+    const assumed = new Map<number, SourceFile>();
+    for (let i = 0; i < stages.length; i++) {
+      const first = await source.index(firsts[i])!;
+      for (const r of present(stages[i])) assumed.set(r, fileOf(r, first));
+    }
+    const guess = planRank({ source: source.strategy, files: assumed, destination, rank });
+    needed = new Set([...firsts, ...guess.tensors.flatMap((t) => t.copies.map((c) => c.rank))]);
+  } catch {
+    return full();
+  }
+  const ranks = [...needed].sort((a, b) => a - b);
+  const indexes = new Map<number, CheckpointIndex>();
+  await Promise.all(ranks.map(async (r) => void indexes.set(r, await source.index(r)!)));
+  const files = new Map(ranks.map((r) => [r, fileOf(r, indexes.get(r)!)]));
+  try {
+    return { plan: planRank({ source: source.strategy, files, destination, rank }), indexes };
+  } catch {
+    return full();
+  }
+}
+
+/**
  * The runtime's loader: rank R's slice of every parameter of its stage, read from exactly the byte
  * ranges that hold it (only the files of R's stage are opened).
  */
@@ -32,8 +74,7 @@ export async function loadDestinationSlice(opts: LoadDestinationSliceOptions): P
   const source = await CheckpointSource.open({ checkpoint: opts.checkpoint, strategy: opts.strategy, decryption: opts.decryption });
   try {
     const destination = await resolveDestination(source, { dstStrategy: opts.dstStrategy, target: opts.target });
-    const { files, indexes } = await source.filesOf(sourceStagesFor(source.strategy, destination, opts.rank));
-    const plan = planRank({ source: source.strategy, files, destination, rank: opts.rank });
+    const { plan, indexes } = await planReadingFewFiles(source, destination, opts.rank);
     const tensors: DestinationSlice['tensors'] = new Map();
     const stats: ExecuteStats = await executePlan(
       plan,
