@@ -13,9 +13,6 @@ export const LABEL_MANAGED_BY = 'app.kubernetes.io/managed-by';
 export const MANAGED_BY = 'shardserve-operator';
 /** Hash of the applied object itself: the reconciler re-applies only when the desired hash differs. */
 export const ANNOTATION_APPLIED = 'inference.shardserve.io/applied-hash';
-/** Written by a loading rank on its own pod (optional): bytes of its slice loaded / to load. */
-export const ANNOTATION_LOADED_BYTES = 'inference.shardserve.io/loaded-bytes';
-export const ANNOTATION_TOTAL_BYTES = 'inference.shardserve.io/total-bytes';
 /** The pod-index label the StatefulSet controller puts on every pod (Kubernetes ≥ 1.28). */
 export const POD_INDEX_LABEL = 'apps.kubernetes.io/pod-index';
 

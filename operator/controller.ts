@@ -3,10 +3,11 @@
 // configuration come in through the constructor (STYLE 7).
 import { GROUP, PLURAL, VERSION } from './api/schema.js';
 import type { DistributedInference } from './api/types.js';
-import { ANNOTATION_APPLIED, FIELD_MANAGER, LABEL_NAME, type K8sObject } from './builders.js';
+import { ANNOTATION_APPLIED, FIELD_MANAGER, LABEL_NAME, resolved, type K8sObject } from './builders.js';
 import { decide, type Decision, type Pod } from './decide.js';
 import { InformerSet, type KindName, type KubernetesObject } from './informers.js';
 import { KubeApiError, objectPath, type KubeApi } from './kube.js';
+import { LoadProgressGatherer, type HttpGet } from './load-progress.js';
 import type { Logger } from './logger.js';
 import type { OperatorMetrics } from './metrics.js';
 import { WorkQueue } from './queue.js';
@@ -21,6 +22,8 @@ export type ControllerOptions = {
   resyncMs?: number;
   /** Name of this operator instance (events' reportingInstance). */
   identity: string;
+  /** How load progress is read from a rank's /metrics (default: fetch with a deadline). */
+  httpGet?: HttpGet;
 };
 
 /** What we wrote but the caches may not show yet; entries expire so a lost event cannot hide drift. */
@@ -61,8 +64,10 @@ export class Controller {
   private readonly deletedPods = new RecentWrites(30_000);
   /** key → the resourceVersion our last status write replaced (the cache still shows it until the event). */
   private readonly statusWritten = new RecentWrites(30_000);
+  private readonly loadProgress: LoadProgressGatherer;
 
   constructor(private readonly o: ControllerOptions) {
+    this.loadProgress = new LoadProgressGatherer({ get: o.httpGet });
     this.informers = new InformerSet(o.api, o.namespaces, {
       onChange: (kind, obj) => this.enqueueFor(kind, obj),
       onError: (kind, ns, err) => o.log.warn('informer stopped; restarting with backoff', { kind, namespace: ns ?? '*', error: String(err) }),
@@ -128,7 +133,10 @@ export class Controller {
   async reconcile(key: string): Promise<void> {
     const [namespace, name] = key.split('/');
     const r = this.informers.get('DistributedInference', namespace, name) as DistributedInference | undefined;
-    if (!r || (r.metadata as { deletionTimestamp?: string }).deletionTimestamp) return; // owner references let the GC clean up
+    if (!r || (r.metadata as { deletionTimestamp?: string }).deletionTimestamp) {
+      this.loadProgress.forget(key);
+      return; // owner references let the GC clean up
+    }
     const nowMs = this.o.clock().getTime();
     if (this.statusWritten.get(key, nowMs) === r.metadata!.resourceVersion) return; // our own write is on its way to the cache
 
@@ -154,12 +162,15 @@ export class Controller {
       .list('Pod', namespace)
       .filter((p) => p.metadata?.labels?.[LABEL_NAME] === name)
       .map((p) => (this.deletedPods.get(p.metadata!.uid!, nowMs) ? { ...p, metadata: { ...p.metadata, deletionTimestamp: 'requested' } } : p)) as Pod[];
+    // Loading ranks are asked over HTTP (they have no API token to report on their pods).
+    const loadProgress = await this.loadProgress.gather(key, pods, resolved(r).httpPort);
 
     // Decide.
-    const d = decide({ resource: r, statefulSets, pods, applied }, this.o.clock());
+    const d = decide({ resource: r, statefulSets, pods, applied, loadProgress }, this.o.clock());
 
     // Act.
     await this.act(r, d, nowMs);
+    if (d.requeueAfterMs) this.queue.addAfter(key, d.requeueAfterMs);
   }
 
   private async act(r: DistributedInference, d: Decision, nowMs: number): Promise<void> {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { DistributedInference } from './api/types.js';
 import { ANNOTATION_APPLIED, groupStatefulSet, revision, type K8sObject } from './builders.js';
-import { decide, type Observed, type Pod } from './decide.js';
+import { decide, LOAD_PROGRESS_REQUEUE_MS, type Observed, type Pod } from './decide.js';
 import { pod, resource } from './testing/wrappers.js';
 
 const T0 = new Date('2026-11-27T10:00:00Z');
@@ -124,13 +124,51 @@ describe('decide', () => {
     expect(up3.apply.filter((o) => o.kind === 'StatefulSet').map((o) => o.metadata.name)).toEqual(['llm-g1', 'llm-g2']);
   });
 
-  it('load progress per stage comes from the ranks\' pod annotations', () => {
+  it('load progress per stage sums what the loading ranks reported, and asks to be run again while they load', () => {
     const r = llm().build();
     const rev = revision(r);
-    const pods = [0, 1, 2, 3].map((k) => pod('llm', 0, k, rev).loading(100 * (k + 1), 1000).build());
-    const d = decide(observed(r, pods), T1);
-    expect(d.status.stages!.map((s) => [s.loadedBytes, s.totalBytes])).toEqual([[300, 2000], [700, 2000]]);
+    const pods = [0, 1, 2, 3].map((k) => pod('llm', 0, k, rev).loading().build());
+    const loadProgress = new Map(pods.map((p, k) => [p.metadata.name, { loaded: 100 * (k + 1), total: 1000 }]));
+    const d = decide({ ...observed(r, pods), loadProgress }, T1);
+    expect(d.status.stages).toEqual([
+      { stage: 0, ranks: 2, readyRanks: 0, loadedBytes: 300, totalBytes: 2000 },
+      { stage: 1, ranks: 2, readyRanks: 0, loadedBytes: 700, totalBytes: 2000 },
+    ]);
+    expect(d.requeueAfterMs).toBe(LOAD_PROGRESS_REQUEUE_MS);
     expect(cond(d, 'Ready')).toMatchObject({ reason: 'LoadingRanks', message: '0/4 ranks ready; waiting for llm-g0-0, llm-g0-1, llm-g0-2 and 1 more to load their slices and reach their peers' });
+  });
+
+  const progressCases: Array<[string, (r: DistributedInference) => { pods: Pod[]; progress: [string, number, number][]; last?: [number, number][] }, [number, number][], boolean]> = [
+    ['a rank whose progress is unknown adds nothing (its stage shows what the others reported)', (r) => ({
+      pods: [0, 1, 2, 3].map((k) => pod('llm', 0, k, revision(r)).loading().build()),
+      progress: [['llm-g0-0', 50, 100]],
+    }), [[50, 100], [0, 0]], true],
+    ['a Ready rank counts its whole slice as loaded', (r) => ({
+      pods: [pod('llm', 0, 0, revision(r)).ready().build(), pod('llm', 0, 1, revision(r)).loading().build(), ...rankPods(r, 0, true).slice(2)],
+      progress: [['llm-g0-0', 70, 100], ['llm-g0-1', 10, 100]],
+    }), [[110, 200], [0, 0]], true],
+    ['every rank of a stage Ready and none known (operator restarted): the last reported total stays, fully loaded', (r) => ({
+      pods: rankPods(r, 0, true),
+      progress: [],
+      last: [[150, 200], [400, 400]],
+    }), [[200, 200], [400, 400]], false],
+    ['nothing loading (pending pods): no requeue', (r) => ({
+      pods: rankPods(r, 0, false),
+      progress: [],
+    }), [[0, 0], [0, 0]], false],
+    ['a crash-looping rank is not loading: no requeue for it', (r) => ({
+      pods: [pod('llm', 0, 0, revision(r)).terminated(1, 'boom').build()],
+      progress: [],
+    }), [[0, 0], [0, 0]], false],
+  ];
+  it.each(progressCases)('%s', (_name, make, want, requeue) => {
+    const r = llm().build();
+    const { pods, progress, last } = make(r);
+    if (last) r.status = { stages: last.map(([l, t], stage) => ({ stage, ranks: 2, readyRanks: 2, loadedBytes: l, totalBytes: t })) };
+    const loadProgress = new Map(progress.map(([n, loaded, total]) => [n, { loaded, total }]));
+    const d = decide({ ...observed(r, pods), loadProgress }, T1);
+    expect(d.status.stages!.map((s) => [s.loadedBytes, s.totalBytes])).toEqual(want);
+    expect(d.requeueAfterMs).toBe(requeue ? LOAD_PROGRESS_REQUEUE_MS : undefined);
   });
 
   it('replicas 0 is Ready (ScaledToZero) so kstatus reports Current', () => {

@@ -12,10 +12,11 @@
 // while the new ranks load (documented in the chart README).
 import type { Condition, DistributedInference, DistributedInferenceStatus, StageStatus } from './api/types.js';
 import {
-  ANNOTATION_APPLIED, ANNOTATION_LOADED_BYTES, ANNOTATION_TOTAL_BYTES, LABEL_GROUP, LABEL_REVISION, POD_INDEX_LABEL,
+  ANNOTATION_APPLIED, LABEL_GROUP, LABEL_REVISION, POD_INDEX_LABEL,
   canonicalJson, clientService, configMap, frontDoorSlice, groupStatefulSet, headlessService, names, podSelector, resolved, revision,
   type K8sObject, type ServingFrontDoor,
 } from './builders.js';
+import { isLoadingCandidate, type LoadProgress } from './load-progress.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Pod = { metadata: { name: string; uid?: string; labels?: Record<string, string>; annotations?: Record<string, string>; deletionTimestamp?: any }; status?: any };
@@ -28,6 +29,11 @@ export type Observed = {
   pods: Pod[];
   /** `Kind/name` → the applied-hash annotation of what is in the cache now. */
   applied: Map<string, string | undefined>;
+  /**
+   * Pod name → load progress the rank reported on its /metrics (gathered while it loads, the last
+   * answer kept after); pods missing here are unknown.
+   */
+  loadProgress?: Map<string, LoadProgress>;
 };
 
 export type Event = { type: 'Normal' | 'Warning'; reason: string; message: string };
@@ -40,7 +46,12 @@ export type Decision = {
   /** True when status differs from what is stored (the only case it is written). */
   statusChanged: boolean;
   events: Event[];
+  /** Reconcile again after this long (ranks are loading: keep their progress fresh). */
+  requeueAfterMs?: number;
 };
+
+/** How often load progress is refreshed while a rank loads. */
+export const LOAD_PROGRESS_REQUEUE_MS = 5000;
 
 type RankPod = {
   name: string;
@@ -52,8 +63,8 @@ type RankPod = {
   deleting: boolean;
   ip?: string;
   failure?: string;
-  loaded: number;
-  total: number;
+  loading: boolean;
+  progress?: LoadProgress;
 };
 
 const FAILING_WAIT_REASONS = new Set(['CrashLoopBackOff', 'ErrImagePull', 'ImagePullBackOff', 'CreateContainerConfigError', 'CreateContainerError', 'InvalidImageName', 'RunContainerError']);
@@ -78,7 +89,7 @@ function failureOf(p: Pod): string | undefined {
   return undefined;
 }
 
-function rankPod(p: Pod): RankPod {
+function rankPod(p: Pod, progress: Map<string, LoadProgress>): RankPod {
   const labels = p.metadata.labels ?? {};
   const ordinal = labels[POD_INDEX_LABEL] ?? p.metadata.name.split('-').pop();
   const rp: RankPod = {
@@ -91,8 +102,8 @@ function rankPod(p: Pod): RankPod {
     deleting: Boolean(p.metadata.deletionTimestamp),
     ip: p.status?.podIP,
     failure: undefined as string | undefined,
-    loaded: num(p.metadata.annotations?.[ANNOTATION_LOADED_BYTES]),
-    total: num(p.metadata.annotations?.[ANNOTATION_TOTAL_BYTES]),
+    loading: isLoadingCandidate(p),
+    progress: progress.get(p.metadata.name),
   };
   // A rank that failed once and is Ready again is healthy; its lastState is history.
   if (!rp.ready) rp.failure = failureOf(p);
@@ -122,7 +133,7 @@ export function decide(o: Observed, now: Date): Decision {
   const v = resolved(r);
   const rev = revision(r);
   const generation = r.metadata?.generation ?? 0;
-  const pods = o.pods.map(rankPod);
+  const pods = o.pods.map((p) => rankPod(p, o.loadProgress ?? new Map()));
   const byGroup = (g: number) => pods.filter((p) => p.group === g);
   const groups = Array.from({ length: v.replicas }, (_, g) => groupState(g, byGroup(g), v.worldSize, rev));
 
@@ -156,13 +167,7 @@ export function decide(o: Observed, now: Date): Decision {
   const readyAtRev = inGroups.filter((p) => p.ready && !p.deleting && p.revision === rev);
   const stages: StageStatus[] = Array.from({ length: v.pipelineStages }, (_, stage) => {
     const ofStage = inGroups.filter((p) => Math.floor(p.rank / v.tensorParallel) === stage && p.revision === rev && !p.deleting);
-    return {
-      stage,
-      ranks: v.replicas * v.tensorParallel,
-      readyRanks: ofStage.filter((p) => p.ready).length,
-      loadedBytes: ofStage.reduce((s, p) => s + p.loaded, 0),
-      totalBytes: ofStage.reduce((s, p) => s + p.total, 0),
-    };
+    return { stage, ranks: v.replicas * v.tensorParallel, readyRanks: ofStage.filter((p) => p.ready).length, ...stageLoad(ofStage, r.status?.stages?.find((s) => s.stage === stage)) };
   });
   const existing = new Set(o.statefulSets.map((s) => num(s.metadata.labels?.[LABEL_GROUP])));
   const readyReplicas = groups.filter((g) => g.current).length;
@@ -223,7 +228,26 @@ export function decide(o: Observed, now: Date): Decision {
     if (ready && before.get('Ready') !== 'True') events.push({ type: 'Normal', reason, message });
     if (failures.length && before.get('Degraded') !== 'True') events.push({ type: 'Warning', reason: 'RankFailed', message: failureMessage(failures, v.name) });
   }
-  return { apply, deleteStatefulSets, deletePods, status, statusChanged, events };
+  const loading = inGroups.some((p) => p.loading && !p.failure);
+  return { apply, deleteStatefulSets, deletePods, status, statusChanged, events, ...(loading ? { requeueAfterMs: LOAD_PROGRESS_REQUEUE_MS } : {}) };
+}
+
+/**
+ * Bytes loaded / to load by the ranks of one stage: the sum of what each rank reported (a Ready rank
+ * has loaded all of its slice, so it counts loaded = total); ranks whose progress is unknown add
+ * nothing. When every rank of the stage is Ready and none has a known progress (e.g. the operator
+ * restarted after they loaded), the last reported total stays, fully loaded, so a restart writes no
+ * status.
+ */
+function stageLoad(ofStage: RankPod[], last: StageStatus | undefined): { loadedBytes: number; totalBytes: number } {
+  const known = ofStage.filter((p) => p.progress);
+  if (!known.length && ofStage.length && ofStage.every((p) => p.ready)) {
+    return { loadedBytes: last?.totalBytes ?? 0, totalBytes: last?.totalBytes ?? 0 };
+  }
+  return {
+    loadedBytes: known.reduce((s, p) => s + (p.ready ? p.progress!.total : p.progress!.loaded), 0),
+    totalBytes: known.reduce((s, p) => s + p.progress!.total, 0),
+  };
 }
 
 function failureMessage(failures: RankPod[], name: string): string {

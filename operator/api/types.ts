@@ -174,9 +174,9 @@ export interface StageStatus {
   ranks: number;
   /** Ready rank pods of this stage at the current revision. */
   readyRanks: number;
-  /** Weight bytes loaded so far, as reported by the ranks (pod annotation inference.shardserve.io/loaded-bytes); 0 until a rank reports. */
+  /** Weight bytes of this stage loaded so far: the sum over its ranks of what each loading rank reports on /metrics of its HTTP port (shardserve_load_bytes_done; a Ready rank counts its whole slice). Ranks the operator cannot reach add nothing; 0 until a rank reports. */
   loadedBytes?: number;
-  /** Weight bytes to load, as reported by the ranks (pod annotation inference.shardserve.io/total-bytes); 0 until a rank reports. */
+  /** Weight bytes this stage has to load: the sum over its ranks of shardserve_load_bytes_total from /metrics of their HTTP port. Ranks the operator cannot reach add nothing; 0 until a rank reports. */
   totalBytes?: number;
 }
 

@@ -127,9 +127,9 @@ export class PodWrapper {
     return this;
   }
 
-  loading(loaded: number, total: number): this {
-    this.obj.metadata.annotations['inference.shardserve.io/loaded-bytes'] = String(loaded);
-    this.obj.metadata.annotations['inference.shardserve.io/total-bytes'] = String(total);
+  /** Running with an address but not Ready: the rank is loading (the operator asks its /metrics). */
+  loading(ip = `10.0.${this.obj.metadata.labels['inference.shardserve.io/group']}.${this.obj.metadata.labels['apps.kubernetes.io/pod-index']}`): this {
+    this.obj.status = { phase: 'Running', podIP: ip, conditions: [{ type: 'Ready', status: 'False' }], containerStatuses: [{ name: 'rank', ready: false, started: true, state: { running: {} } }] };
     return this;
   }
 
