@@ -1,6 +1,8 @@
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { RankMetrics } from '../runtime-image/metrics.js';
-import { LoadProgressGatherer, parseLoadProgress, type HttpGet } from './load-progress.js';
+import { fetchText, LoadProgressGatherer, MAX_METRICS_BYTES, parseLoadProgress, type HttpGet } from './load-progress.js';
 import { pod } from './testing/wrappers.js';
 
 describe('parseLoadProgress', () => {
@@ -106,5 +108,36 @@ describe('LoadProgressGatherer', () => {
     expect(got.size).toBe(20);
     expect(got.get('llm-g0-7')).toEqual({ loaded: 7, total: 100 });
     expect(net.maxInFlight()).toBe(3);
+  });
+});
+
+describe('fetchText (the default getter) against a real loopback HTTP server', () => {
+  const serve = async (handler: (req: IncomingMessage, res: ServerResponse) => void) => {
+    const server = createServer(handler);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/metrics`, close: () => new Promise((r) => server.close(r)) };
+  };
+
+  it('returns the body of a 200 answer', async () => {
+    const s = await serve((_req, res) => res.end(gauges(1, 2)));
+    try {
+      expect(parseLoadProgress(await fetchText(s.url, 1000))).toEqual({ loaded: 1, total: 2 });
+    } finally {
+      await s.close();
+    }
+  });
+
+  const failures: Array<[string, (req: IncomingMessage, res: ServerResponse) => void, RegExp]> = [
+    ['a non-200 answer', (_req, res) => { res.statusCode = 503; res.end('loading'); }, /HTTP 503/],
+    ['an answer over the size cap', (_req, res) => res.end(Buffer.alloc(MAX_METRICS_BYTES + 1, 0x61)), /larger than 1048576 bytes/],
+    ['no answer before the deadline', () => {}, /abort|timeout/i],
+  ];
+  it.each(failures)('rejects %s', async (_name, handler, message) => {
+    const s = await serve(handler);
+    try {
+      await expect(fetchText(s.url, 300)).rejects.toThrow(message);
+    } finally {
+      s.close();
+    }
   });
 });

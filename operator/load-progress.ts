@@ -9,13 +9,23 @@ export type LoadProgress = { loaded: number; total: number };
 /** GET `url`; resolves the body of a 200 answer, rejects on anything else or after `deadlineMs`. */
 export type HttpGet = (url: string, deadlineMs: number) => Promise<string>;
 
+/** A rank's /metrics is a few KiB; anything far bigger is not one (and must not bloat the operator). */
+export const MAX_METRICS_BYTES = 1024 * 1024;
+
 export const fetchText: HttpGet = async (url, deadlineMs) => {
   const res = await fetch(url, { signal: AbortSignal.timeout(deadlineMs), redirect: 'error' });
-  if (res.status !== 200) {
+  if (res.status !== 200 || !res.body) {
     await res.body?.cancel();
     throw new Error(`${url}: HTTP ${res.status}`);
   }
-  return await res.text();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    size += chunk.byteLength;
+    if (size > MAX_METRICS_BYTES) throw new Error(`${url}: answer larger than ${MAX_METRICS_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 };
 
 const LOADED_METRIC = 'shardserve_load_bytes_done';
