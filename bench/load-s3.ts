@@ -1,11 +1,13 @@
-// npm run bench:load:s3 [-- --params 16 --rows 2048 --cols 1024 --records 2000 --repeats 3]
+// npm run bench:load:s3 [-- --params 16 --rows 2048 --cols 1024 --records 2000 --repeats 5]
 //
 // One destination rank loading its slice from a local MinIO (s3://) with loadDestinationSlice, vs
 // (a) raw signed ranged GETs of exactly the same requests at the same concurrency (no parsing, no
-// copying into tensors), and (b) downloading every file the rank touches whole. A sweep over the
+// copying into tensors), and (b) downloading every file the rank touches whole. Each timed run is one
+// child process per contender (interleaved, rotated), timed inside the child after its imports. A sweep over the
 // loader's concurrency picks the value used for the comparison. Also measures indexing a .ckpt with
 // many records over S3 with and without the shardserve-index.json manifest (round trips, time).
 // Writes bench/results/load-s3.json. Loopback only; the server is started and stopped here.
+import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -21,13 +23,50 @@ import type { Strategy } from '../core/strategy/types.js';
 import { startS3Server } from '../test/harness/minio.js';
 import { countingProxy } from '../test/integration/storage-servers.js';
 
+// ---------------------------------------------------------------- child side
+// `--child <variant> <json>`: one timed run of one contender in a fresh process (the parent passes the
+// server's environment), so no contender inherits another's JIT state, heap or garbage.
+type ChildArgs = { C: number; loadOpts: { checkpoint: string; strategy: string; target: { world: number; stages: number; tp: number }; rank: number }; files: { uri: string; ranges: { offset: number; length: number }[] }[]; requests: { key: string; offset: number; length: number }[][] };
+async function childRun(variant: string, a: ChildArgs): Promise<void> {
+  const rawClient = new S3Client();
+  let bytes = 0;
+  const t0 = process.hrtime.bigint();
+  if (variant === 'loader') {
+    // Opening (strategy GET, listing, manifest GET, HEADs), planning, reads, copies into tensors.
+    bytes = (await loadDestinationSlice({ ...a.loadOpts, concurrency: a.C })).stats.bytesTransferred;
+  } else if (variant === 'readRanges') {
+    // The storage layer alone: readRanges over the plan's ranges on the opened sources, sink drops the bytes.
+    const st = await openS3Storage('s3://bench/ckpt');
+    await Promise.all(a.files.map(async (f) => {
+      const src = await st.open(f.uri.replace('s3://bench/ckpt/', ''));
+      bytes += (await readRanges(src, f.ranges, { concurrency: a.C }, () => {})).bytesTransferred;
+    }));
+  } else if (variant === 'raw') {
+    await Promise.all(a.requests.map((reqs) => pool(reqs, a.C, async (r) => {
+      bytes += (await rawClient.getRange('bench', r.key, `s3://bench/${r.key}`, r.offset, r.length)).length;
+    })));
+  } else if (variant === 'whole') {
+    // Every touched file downloaded in one GET each, in parallel.
+    await Promise.all(a.files.map(async (f) => {
+      const key = f.uri.replace('s3://bench/', '');
+      bytes += (await rawClient.getObject('bench', key, f.uri)).length;
+    }));
+  } else throw new Error(`unknown variant ${variant}`);
+  process.stdout.write(`${JSON.stringify({ ms: Number(process.hrtime.bigint() - t0) / 1e6, bytes })}\n`);
+}
+const childAt = process.argv.indexOf('--child');
+if (childAt >= 0) {
+  await childRun(process.argv[childAt + 1], JSON.parse(process.argv[childAt + 2]));
+  process.exit(0);
+}
+
 const { values: args } = parseArgs({
   options: {
     params: { type: 'string', default: '16' },
     rows: { type: 'string', default: '2048' },
     cols: { type: 'string', default: '1024' },
     records: { type: 'string', default: '2000' },
-    repeats: { type: 'string', default: '3' },
+    repeats: { type: 'string', default: '5' },
     concurrency: { type: 'string', default: '1,2,4,8,16' },
   },
 });
@@ -111,48 +150,34 @@ try {
     for (const g of groups) for (let o = g.offset; o < g.end; o += 8 << 20) reqs.push({ key, offset: o, length: Math.min(8 << 20, g.end - o) });
     return reqs;
   });
-  const rawClient = new S3Client();
   let rawBytes = 0;
   let wholeBytes = 0;
-  const variants: Record<'loader' | 'readRanges' | 'raw' | 'whole', () => Promise<void>> = {
-    // Fresh each time: opening (strategy GET, manifest GET, HEADs), planning, reads, copies into tensors.
-    loader: async () => {
-      await loadDestinationSlice({ ...loadOpts, concurrency: C });
-    },
-    // The storage layer alone: readRanges over the plan's ranges on the opened sources, sink drops the bytes.
-    readRanges: async () => {
-      const st = await openS3Storage('s3://bench/ckpt');
-      await Promise.all(files.map(async (f) => {
-        const src = await st.open(f.uri.replace('s3://bench/ckpt/', ''));
-        await readRanges(src, f.ranges, { concurrency: C }, () => {});
-      }));
-    },
-    raw: async () => {
-      rawBytes = 0;
-      await Promise.all(requests.map((reqs) => pool(reqs, C, async (r) => {
-        const b = await rawClient.getRange('bench', r.key, `s3://bench/${r.key}`, r.offset, r.length);
-        rawBytes += b.length;
-      })));
-    },
-    // Every touched file downloaded in one GET each, in parallel.
-    whole: async () => {
-      wholeBytes = 0;
-      await Promise.all(files.map(async (f) => {
-        const key = f.uri.replace('s3://bench/', '');
-        const b = await rawClient.getObject('bench', key, f.uri);
-        wholeBytes += b.length;
-      }));
-    },
-  };
-  // Interleaved (loader, raw, whole, then rotated) so a noisy shared machine hits all three alike.
+  const tsx = join(here, '..', 'node_modules', '.bin', 'tsx');
+  const childArgs: ChildArgs = { C, loadOpts, files: files.map((f) => ({ uri: f.uri, ranges: f.ranges })), requests };
+  const runChild = (variant: string) => new Promise<{ ms: number; bytes: number }>((resolve, reject) => {
+    const p = spawn(tsx, [fileURLToPath(import.meta.url), '--child', variant, JSON.stringify(childArgs)], { env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (err += d));
+    const timer = setTimeout(() => p.kill('SIGKILL'), 5 * 60_000);
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      if (code !== 0) return reject(new Error(`${variant} child exited ${code}: ${err.trim().split('\n').slice(-3).join(' | ')}`));
+      resolve(JSON.parse(out.trim().split('\n').pop()!));
+    });
+  });
+  // Each contender in its own child process (timed inside, after its imports), interleaved and
+  // rotated so a noisy shared machine hits all alike.
   const times: Record<string, number[]> = { loader: [], readRanges: [], raw: [], whole: [] };
   const order = ['loader', 'readRanges', 'raw', 'whole'] as const;
   for (let i = 0; i < REPEATS * 2; i++) {
     for (let j = 0; j < order.length; j++) {
       const v = order[(i + j) % order.length];
-      const t0 = process.hrtime.bigint();
-      await variants[v]();
-      times[v].push(ms(t0));
+      const r = await runChild(v);
+      times[v].push(r.ms);
+      if (v === 'raw') rawBytes = r.bytes;
+      if (v === 'whole') wholeBytes = r.bytes;
     }
   }
   const loaderTimes = times.loader;
