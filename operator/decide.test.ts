@@ -135,7 +135,7 @@ describe('decide', () => {
       { stage: 1, ranks: 2, readyRanks: 0, loadedBytes: 700, totalBytes: 2000 },
     ]);
     expect(d.requeueAfterMs).toBe(LOAD_PROGRESS_REQUEUE_MS);
-    expect(cond(d, 'Ready')).toMatchObject({ reason: 'LoadingRanks', message: '0/4 ranks ready; waiting for llm-g0-0, llm-g0-1, llm-g0-2 and 1 more to load their slices and reach their peers' });
+    expect(cond(d, 'Ready')).toMatchObject({ reason: 'LoadingRanks', message: '0/4 ranks ready; waiting for llm-g0-0, llm-g0-1, llm-g0-2 and 1 more to load their slices and reach their peers; 1000 of 4000 bytes loaded by the ranks that report' });
   });
 
   const progressCases: Array<[string, (r: DistributedInference) => { pods: Pod[]; progress: [string, number, number][]; last?: [number, number][] }, [number, number][], boolean]> = [

@@ -193,7 +193,10 @@ export function decide(o: Observed, now: Date): Decision {
     [reason, message] = ['CreatingRanks', `${inGroups.length}/${wanted} rank pods exist; waiting for the StatefulSet controller to create the rest (check the StatefulSets' events if this persists, e.g. quota or admission)`];
   } else {
     const waiting = inGroups.filter((p) => !p.ready).map((p) => p.name).sort();
-    [reason, message] = ['LoadingRanks', `${readyAtRev.length}/${wanted} ranks ready; waiting for ${waiting.slice(0, 3).join(', ')}${waiting.length > 3 ? ` and ${waiting.length - 3} more` : ''} to load their slices and reach their peers`];
+    const loaded = stages.reduce((s, x) => s + (x.loadedBytes ?? 0), 0);
+    const total = stages.reduce((s, x) => s + (x.totalBytes ?? 0), 0);
+    const progress = total > 0 ? `; ${loaded} of ${total} bytes loaded by the ranks that report` : '';
+    [reason, message] = ['LoadingRanks', `${readyAtRev.length}/${wanted} ranks ready; waiting for ${waiting.slice(0, 3).join(', ')}${waiting.length > 3 ? ` and ${waiting.length - 3} more` : ''} to load their slices and reach their peers${progress}`];
   }
 
   const nowIso = now.toISOString().replace(/\.\d{3}Z$/, 'Z');

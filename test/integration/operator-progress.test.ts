@@ -166,7 +166,7 @@ describe('load progress in status, read from the ranks themselves', () => {
     expect(readyCond(d)).toMatchObject({
       status: 'False',
       reason: 'LoadingRanks',
-      message: '0/2 ranks ready; waiting for llm-g0-0, llm-g0-1 to load their slices and reach their peers',
+      message: `0/2 ranks ready; waiting for llm-g0-0, llm-g0-1 to load their slices and reach their peers; ${own.total} of ${own.total} bytes loaded by the ranks that report`,
     });
     expect(d.status!.readyRanks).toBe(0);
   }, 180_000);
