@@ -157,7 +157,8 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], con
   try {
     let next = 0;
     const worker = async () => {
-      let scratch: Buffer | undefined;
+      // A plain Uint8Array (not a Buffer): its subarray() is the cheap built-in one.
+      let scratch: Uint8Array | undefined;
       while (next < units.length) {
         const u = units[next++];
         let target: Uint8Array;
@@ -166,7 +167,7 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], con
           target = u.direct.dst;
           at = u.direct.offset;
         } else {
-          if (!scratch || scratch.length < u.length) scratch = Buffer.allocUnsafeSlow(Math.max(u.length, 1 << 20));
+          if (!scratch || scratch.length < u.length) scratch = new Uint8Array(Math.max(u.length, 1 << 20));
           target = scratch;
           at = 0;
         }
@@ -243,7 +244,9 @@ export async function executePlan(
       const result = await readRanges(
         source,
         units.map((u) => ({ offset: u.fileOffset, length: u.length })),
-        { concurrency: opts.concurrency ?? 4, coalesceGap: opts.coalesceGap ?? (isRemote(source.uri) ? 64 * 1024 : 0), signal: opts.signal },
+        // Groups no longer than one part: every unit then arrives as a view of one response body
+        // (readRanges copies a range only when it straddles parts), and is copied once, into its tensor.
+        { concurrency: opts.concurrency ?? 4, coalesceGap: opts.coalesceGap ?? (isRemote(source.uri) ? 64 * 1024 : 0), maxCoalescedBytes: UNIT_BYTES, partSize: UNIT_BYTES, signal: opts.signal },
         (range, data) => byOffset.get(range.offset)!.scatter(data),
       );
       stats.readBytes += units.reduce((s, u) => s + u.length, 0);
