@@ -76,9 +76,19 @@ export class CheckpointSource {
   ) {}
 
   static async open(opts: CheckpointSourceOptions): Promise<CheckpointSource> {
-    const strategy = await loadStrategy(opts.strategy);
-    const storage = await openStorage(opts.checkpoint);
-    const rankKeys = await discoverCheckpoint(storage);
+    // The strategy and the checkpoint listing are fetched concurrently (round trips overlap on remote
+    // storage); a strategy error is still the one reported when both fail, as when done in turn.
+    const [st, listed] = await Promise.allSettled([
+      loadStrategy(opts.strategy),
+      (async () => {
+        const storage = await openStorage(opts.checkpoint);
+        return { storage, rankKeys: await discoverCheckpoint(storage) };
+      })(),
+    ]);
+    if (st.status === 'rejected') throw st.reason;
+    if (listed.status === 'rejected') throw listed.reason;
+    const strategy = st.value;
+    const { storage, rankKeys } = listed.value;
     checkRanksAgainstStrategy(rankKeys, strategy, opts.checkpoint);
     return new CheckpointSource(storage, strategy, rankKeys, opts);
   }
