@@ -60,11 +60,16 @@ export function oipServiceImpl(plane: DataPlane, metrics?: RankMetrics): Untyped
     ModelInfer: (call: ServerUnaryCall<any, any>, callback: sendUnaryData<any>) => {
       const t0 = process.hrtime.bigint();
       const controller = new AbortController();
-      call.on('cancelled', () => controller.abort());
+      let answered = false;
+      // grpc-js also reports 'cancelled' when a call closes after its answer: only a call still in flight is aborted.
+      call.on('cancelled', () => {
+        if (!answered) controller.abort();
+      });
       Promise.resolve()
         .then(() => plane.infer(inferRequestFromGrpc(call.request), { deadline: deadlineOf(call), signal: controller.signal }))
         .then(
           (r) => {
+            answered = true;
             metrics?.requests.inc({ protocol: 'grpc', code: 'OK' });
             metrics?.requestSeconds.observe({ protocol: 'grpc' }, Number(process.hrtime.bigint() - t0) / 1e9);
             callback(null, {
@@ -76,6 +81,7 @@ export function oipServiceImpl(plane: DataPlane, metrics?: RankMetrics): Untyped
             });
           },
           (e) => {
+            answered = true;
             const err = asInferError(e);
             metrics?.requests.inc({ protocol: 'grpc', code: err.kind });
             callback({ code: grpcCodeOf(err.kind), details: err.message });
