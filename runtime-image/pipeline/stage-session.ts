@@ -28,6 +28,9 @@ export function sessionOptions(opts: OrtStageOptions = {}): ort.InferenceSession
     intraOpNumThreads: opts.intraOpThreads ?? 1,
     interOpNumThreads: 1,
     executionMode: 'sequential',
+    // No spin-waiting after a run: a stage is one of several processes sharing a machine's cores
+    // (the other stages, the front door, the client), and a spinning thread takes a core from them.
+    extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
   };
 }
 
