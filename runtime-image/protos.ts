@@ -49,10 +49,17 @@ export function serviceDefinition(ctor: ServiceClientConstructor): ServiceDefini
 }
 
 /**
+ * grpc-js keeps channelz statistics for every call unless told not to; nothing here reads them, and
+ * they cost about 0.1 ms per unary call on a loaded 2-core machine (bare echo p50 1.57 -> 1.44 ms).
+ */
+export const NO_CHANNELZ = { 'grpc.enable_channelz': 0 } as const;
+
+/**
  * Channel options for probing peers that may be starting or restarting: reconnect within 100 ms–1 s
  * (gRPC's default backoff grows to minutes, which would hide a peer that came back).
  */
 export const PEER_CHANNEL_OPTIONS = {
+  'grpc.enable_channelz': 0,
   'grpc.initial_reconnect_backoff_ms': 100,
   'grpc.min_reconnect_backoff_ms': 100,
   'grpc.max_reconnect_backoff_ms': 1_000,

@@ -7,7 +7,7 @@ import { healthServiceImpl, oipServiceImpl } from './frontdoor/grpc.js';
 import { restHandler } from './frontdoor/rest.js';
 import { Lifecycle } from './lifecycle.js';
 import { RankMetrics } from './metrics.js';
-import { PEER_CHANNEL_OPTIONS, services } from './protos.js';
+import { NO_CHANNELZ, PEER_CHANNEL_OPTIONS, services } from './protos.js';
 import { positionOf, stageLeader, type PipelineSpec, type RankPosition } from './pipeline/spec.js';
 import { StageLink } from './pipeline/stage-link.js';
 import { StageNode } from './pipeline/stage-node.js';
@@ -109,7 +109,7 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
   let stopping: Promise<void> | undefined;
 
   // Rank-to-rank server first: Status answers while loading, so rank 0 can show progress.
-  const rankServer = new Server({ 'grpc.max_receive_message_length': 1024 * 1024 * 1024, 'grpc.max_send_message_length': 1024 * 1024 * 1024 });
+  const rankServer = new Server({ ...NO_CHANNELZ, 'grpc.max_receive_message_length': 1024 * 1024 * 1024, 'grpc.max_send_message_length': 1024 * 1024 * 1024 });
   rankServer.addService(services().stage.service, stageServiceImpl({
     node: () => node,
     lifecycle,
@@ -181,6 +181,7 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
 
   if (isHead) {
     frontDoor = new Server({
+      ...NO_CHANNELZ,
       // Our own size check answers INVALID_ARGUMENT with the limit; gRPC's hard cap sits above it.
       'grpc.max_receive_message_length': 4 * (plane!.limits.maxMessageBytes + 1024 * 1024),
       'grpc.max_send_message_length': 1024 * 1024 * 1024,

@@ -1,7 +1,7 @@
 import { credentials, type ClientDuplexStream, type Client } from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
 import { InferError } from '../errors.js';
-import { services } from '../protos.js';
+import { NO_CHANNELZ, services } from '../protos.js';
 import type { Tensor } from '../tensor.js';
 import { errorFromWire, tensorFromWire, tensorToWire, type StageTiming } from './wire.js';
 
@@ -48,6 +48,7 @@ export class StageLink extends EventEmitter {
     this.window = opts.window ?? 32;
     const max = opts.maxMessageBytes ?? 256 * 1024 * 1024;
     this.client = new (services().stage)(opts.address, credentials.createInsecure(), {
+      ...NO_CHANNELZ,
       'grpc.max_send_message_length': max,
       'grpc.max_receive_message_length': max,
       'grpc.keepalive_time_ms': 10_000,
