@@ -359,7 +359,7 @@ async function main() {
       const cpu = process.cpuUsage(cpu0);
       g.close();
       // CPU time (user + system) this process spent per request: client, front door and every stage.
-      return [s.p50_ms, (cpu.user + cpu.system) / 1000 / (N1 + WARMUP)];
+      return [s.p50_ms, (cpu.user + cpu.system) / 1000 / (REPEATS * (N1 + WARMUP))];
     });
   }
   const perHop2 = hopP50[2] - hopP50[1];
