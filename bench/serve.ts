@@ -20,7 +20,7 @@ import { loadCheckpointStage } from '../runtime-image/load-stage.js';
 import { startRank } from '../runtime-image/rank.js';
 import { sessionOptions } from '../runtime-image/pipeline/stage-session.js';
 import { freePort, freePortRange } from '../runtime-image/ports.js';
-import { services } from '../runtime-image/protos.js';
+import { NO_CHANNELZ, services } from '../runtime-image/protos.js';
 import { cacheDir } from '../test/harness/cache.js';
 import { fixtureConfig, writeServeFixture } from '../test/integration/serve-fixture.js';
 
@@ -100,7 +100,7 @@ function restInfer(base: string, model: string, inputName: string, shape: number
  * much on this machine: it is the client's, the transport's and the OS's share of every number.
  */
 function runFloorServer(): void {
-  const server = new Server({ 'grpc.max_receive_message_length': 1 << 30, 'grpc.max_send_message_length': 1 << 30 });
+  const server = new Server({ ...NO_CHANNELZ, 'grpc.max_receive_message_length': 1 << 30, 'grpc.max_send_message_length': 1 << 30 });
   server.addService(services().oip.service, {
     ModelInfer: (call: ServerUnaryCall<any, any>, callback: sendUnaryData<any>) => {
       const r = call.request;
