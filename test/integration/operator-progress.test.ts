@@ -17,7 +17,7 @@ import { jsonLogger } from '../../operator/logger.js';
 import { defaultConfig, runOperator, type RunningOperator } from '../../operator/run.js';
 import { resource } from '../../operator/testing/wrappers.js';
 import { kubectl, startControlPlane, type ControlPlane } from '../harness/k8s/cluster.js';
-import { adminApi, applyYaml, eventually, listPods, newNamespace } from '../harness/k8s/testing.js';
+import { adminApi, applyYaml, eventually, listPods, newNamespace, setPodRunning } from '../harness/k8s/testing.js';
 import { freePortBlock, freePorts } from './serve-models.js';
 
 const repo = join(import.meta.dirname, '..', '..');
@@ -41,26 +41,7 @@ async function create(r: DistributedInference): Promise<void> {
 }
 
 /** Plays the kubelet: the rank container runs at `ip` but is not Ready (it is loading). */
-async function setPodLoading(ns: string, name: string, ip: string): Promise<void> {
-  const path = `/api/v1/namespaces/${ns}/pods/${name}`;
-  const pod = await api.get(path);
-  const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
-  pod.status = {
-    phase: 'Running',
-    podIP: ip,
-    podIPs: [{ ip }],
-    hostIP: '127.0.0.1',
-    startTime: now,
-    conditions: [
-      { type: 'PodScheduled', status: 'True', lastTransitionTime: now },
-      { type: 'Initialized', status: 'True', lastTransitionTime: now },
-      { type: 'ContainersReady', status: 'False', lastTransitionTime: now, reason: 'ContainersNotReady' },
-      { type: 'Ready', status: 'False', lastTransitionTime: now, reason: 'ContainersNotReady' },
-    ],
-    containerStatuses: [{ name: 'rank', ready: false, started: true, restartCount: 0, image: pod.spec.containers[0].image, imageID: '', state: { running: { startedAt: now } } }],
-  };
-  await api.replace(`${path}/status`, pod, 'Pod/status');
-}
+const setPodLoading = (ns: string, name: string, ip: string) => setPodRunning(api, ns, name, ip, false);
 
 async function rankPod0(ns: string, name: string): Promise<string> {
   return eventually(`rank pods of ${name}`, async () => {

@@ -44,10 +44,11 @@ export async function getOrUndefined(api: KubeApi, path: string): Promise<Json |
 
 const podPath = (ns: string, name: string) => `/api/v1/namespaces/${ns}/pods/${name}`;
 
-/** Plays the kubelet: the pod runs, has an IP and is Ready. */
-export async function setPodReady(api: KubeApi, ns: string, name: string, ip: string): Promise<void> {
+/** Plays the kubelet: the pod runs and has an IP; Ready, or still loading (not Ready). */
+export async function setPodRunning(api: KubeApi, ns: string, name: string, ip: string, ready: boolean): Promise<void> {
   const pod = await api.get(podPath(ns, name));
   const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+  const notReady = ready ? {} : { reason: 'ContainersNotReady' };
   pod.status = {
     phase: 'Running',
     podIP: ip,
@@ -57,13 +58,16 @@ export async function setPodReady(api: KubeApi, ns: string, name: string, ip: st
     conditions: [
       { type: 'PodScheduled', status: 'True', lastTransitionTime: now },
       { type: 'Initialized', status: 'True', lastTransitionTime: now },
-      { type: 'ContainersReady', status: 'True', lastTransitionTime: now },
-      { type: 'Ready', status: 'True', lastTransitionTime: now },
+      { type: 'ContainersReady', status: ready ? 'True' : 'False', lastTransitionTime: now, ...notReady },
+      { type: 'Ready', status: ready ? 'True' : 'False', lastTransitionTime: now, ...notReady },
     ],
-    containerStatuses: [{ name: 'rank', ready: true, started: true, restartCount: 0, image: pod.spec.containers[0].image, imageID: '', state: { running: { startedAt: now } } }],
+    containerStatuses: [{ name: 'rank', ready, started: true, restartCount: 0, image: pod.spec.containers[0].image, imageID: '', state: { running: { startedAt: now } } }],
   };
   await api.replace(`${podPath(ns, name)}/status`, pod, 'Pod/status');
 }
+
+/** Plays the kubelet: the pod runs, has an IP and is Ready. */
+export const setPodReady = (api: KubeApi, ns: string, name: string, ip: string): Promise<void> => setPodRunning(api, ns, name, ip, true);
 
 /** Plays the kubelet: the rank exited with `message` as its termination message and is restarting. */
 export async function setPodTerminated(api: KubeApi, ns: string, name: string, exitCode: number, message: string): Promise<void> {
