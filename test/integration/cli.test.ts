@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { main } from '../../cli/main.js';
+import { cli } from './cli-harness.js';
 import { layoutOf, strategyOf } from '../../core/layout/test-builders.js';
 import { strategyToJson } from '../../core/strategy/writer.js';
 
@@ -18,18 +18,6 @@ const tutorial = join(fixtures, 'cases', 'tutorial-matmul');
 const bad = join(fixtures, 'bad');
 const gcm = join(fixtures, 'cases', 'encrypted-aes-gcm');
 
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => ((stdout += String(c)), true));
-  vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => ((stderr += String(c)), true));
-  try {
-    const code = await main(args);
-    return { code, stdout, stderr: stderr.split('\n').filter((l) => !/^\(node:\d+\) |^\(Use `node --trace-warnings/.test(l)).join('\n') };
-  } finally {
-    vi.restoreAllMocks();
-  }
-}
 afterEach(() => vi.restoreAllMocks());
 
 const work = mkdtempSync(join(tmpdir(), 'cli-'));

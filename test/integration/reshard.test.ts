@@ -6,7 +6,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { main } from '../../cli/main.js';
+import { cli } from './cli-harness.js';
 import { readTensorBytes } from '../../core/checkpoint/read.js';
 import { createTensorFileWriter } from '../../core/checkpoint/writer.js';
 import { indexCkpt } from '../../core/ckpt/reader.js';
@@ -19,23 +19,7 @@ import { openLocalSource } from '../../core/storage/source.js';
 import { strategyToJson, strategyToProtobuf } from '../../core/strategy/writer.js';
 import type { Strategy } from '../../core/strategy/types.js';
 
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => ((stdout += String(c)), true));
-  vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => ((stderr += String(c)), true));
-  try {
-    const code = await main(args);
-    return { code, stdout, stderr: stripNodeWarnings(stderr) };
-  } finally {
-    vi.restoreAllMocks();
-  }
-}
 afterEach(() => vi.restoreAllMocks());
-
-function stripNodeWarnings(text: string): string {
-  return text.split('\n').filter((l) => !/^\(node:\d+\) |^\(Use `node --trace-warnings/.test(l)).join('\n');
-}
 
 interface Written {
   root: string;
