@@ -7,7 +7,6 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { stringify } from 'yaml';
 import type { RankConfig } from '../../core/deployment.js';
 import { GROUP, PLURAL, VERSION } from '../../operator/api/schema.js';
 import type { DistributedInference } from '../../operator/api/types.js';
@@ -17,7 +16,7 @@ import { jsonLogger } from '../../operator/logger.js';
 import { defaultConfig, runOperator, type RunningOperator } from '../../operator/run.js';
 import { resource } from '../../operator/testing/wrappers.js';
 import { kubectl, startControlPlane, type ControlPlane } from '../harness/k8s/cluster.js';
-import { adminApi, applyYaml, eventually, listPods, newNamespace, setPodRunning } from '../harness/k8s/testing.js';
+import { adminApi, applyResource, diPath, eventually, listPods, newNamespace, setPodRunning } from '../harness/k8s/testing.js';
 import { freePortBlock, freePorts } from './serve-models.js';
 
 const repo = join(import.meta.dirname, '..', '..');
@@ -27,18 +26,11 @@ let api: KubeApi;
 let op: RunningOperator;
 const ranks: ChildProcess[] = [];
 
-const diPath = (ns: string, name: string) => `/apis/${GROUP}/${VERSION}/namespaces/${ns}/${PLURAL}/${name}`;
 const getDi = (ns: string, name: string): Promise<DistributedInference> => api.get(diPath(ns, name));
 const readyCond = (d: DistributedInference) => d.status?.conditions?.find((c) => c.type === 'Ready');
 const describeDi = (ns: string, name: string) => async () => JSON.stringify((await getDi(ns, name)).status, null, 1);
 
-async function create(r: DistributedInference): Promise<void> {
-  const obj = structuredClone(r);
-  delete obj.metadata!.uid;
-  delete obj.metadata!.generation;
-  const res = applyYaml(cp, stringify(obj));
-  expect(res.code, res.stderr).toBe(0);
-}
+const create = (r: DistributedInference) => applyResource(cp, r);
 
 /** Plays the kubelet: the rank container runs at `ip` but is not Ready (it is loading). */
 const setPodLoading = (ns: string, name: string, ip: string) => setPodRunning(api, ns, name, ip, false);

@@ -3,7 +3,6 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { stringify } from 'yaml';
 import { GROUP, PLURAL, VERSION } from '../../operator/api/schema.js';
 import type { DistributedInference } from '../../operator/api/types.js';
 import { FIELD_MANAGER, groupStatefulSet, revision } from '../../operator/builders.js';
@@ -12,7 +11,7 @@ import { defaultConfig, runOperator, type RunningOperator } from '../../operator
 import { jsonLogger } from '../../operator/logger.js';
 import { resource } from '../../operator/testing/wrappers.js';
 import { auditedWrites, kubectl, startControlPlane, type ControlPlane } from '../harness/k8s/cluster.js';
-import { adminApi, applyYaml, eventually, getOrUndefined, listPods, newNamespace, setPodReady, setPodTerminated } from '../harness/k8s/testing.js';
+import { adminApi, applyResource, diPath, eventually, getOrUndefined, listPods, newNamespace, setPodReady, setPodTerminated } from '../harness/k8s/testing.js';
 
 const repo = join(import.meta.dirname, '..', '..');
 const OPERATOR_USER = 'shardserve-operator';
@@ -25,17 +24,12 @@ const quiet = jsonLogger({ level: 'warn', write: () => {} });
 const startOperator = (over: Partial<ReturnType<typeof defaultConfig>> = {}) =>
   runOperator({ ...defaultConfig(), kubeconfig: operatorKubeconfig, listen: '127.0.0.1:0', leaderElection: false, resyncSeconds: 3600, ...over }, quiet);
 
-const diPath = (ns: string, name = '') => `/apis/${GROUP}/${VERSION}/namespaces/${ns}/${PLURAL}${name ? `/${name}` : ''}`;
 const getDi = (ns: string, name: string): Promise<DistributedInference> => api.get(diPath(ns, name));
 const cond = (d: DistributedInference, type: string) => d.status?.conditions?.find((c) => c.type === type);
 const describeDi = (ns: string, name: string) => async () => JSON.stringify((await getDi(ns, name)).status, null, 1);
 
 async function create(r: DistributedInference): Promise<DistributedInference> {
-  const obj = structuredClone(r);
-  delete obj.metadata!.uid;
-  delete obj.metadata!.generation;
-  const res = applyYaml(cp, stringify(obj));
-  expect(res.code, res.stderr).toBe(0);
+  applyResource(cp, r);
   return getDi(r.metadata!.namespace!, r.metadata!.name!);
 }
 

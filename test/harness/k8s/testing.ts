@@ -1,5 +1,8 @@
 // Helpers for suites against the real control plane: an admin API client, one namespace per test
 // case, the kubelet's part (writing pod status), and bounded waits.
+import { stringify } from 'yaml';
+import { GROUP, PLURAL, VERSION } from '../../../operator/api/schema.js';
+import type { DistributedInference } from '../../../operator/api/types.js';
 import { KubeApi, KubeApiError, type Json } from '../../../operator/kube.js';
 import { loadKubeconfig } from '../../../operator/kubeconfig.js';
 import { kubectl, type ControlPlane } from './cluster.js';
@@ -94,4 +97,16 @@ export async function listPods(api: KubeApi, ns: string, selector: string): Prom
 
 export function applyYaml(cp: ControlPlane, yaml: string, extra: string[] = []) {
   return kubectl(cp, ['apply', ...extra, '-f', '-'], { input: yaml });
+}
+
+/** API path of DistributedInferences in `ns` (one of them when `name` is given). */
+export const diPath = (ns: string, name = '') => `/apis/${GROUP}/${VERSION}/namespaces/${ns}/${PLURAL}${name ? `/${name}` : ''}`;
+
+/** `kubectl apply` a test resource as a user would write it (no uid or generation). */
+export function applyResource(cp: ControlPlane, r: DistributedInference): void {
+  const obj = structuredClone(r);
+  delete obj.metadata!.uid;
+  delete obj.metadata!.generation;
+  const res = applyYaml(cp, stringify(obj));
+  if (res.code !== 0) throw new Error(`kubectl apply of ${r.metadata!.name} failed: ${res.stderr}`);
 }
