@@ -21,6 +21,9 @@ import { startRank } from '../runtime-image/rank.js';
 import { sessionOptions } from '../runtime-image/pipeline/stage-session.js';
 import { freePort, freePortRange } from '../runtime-image/ports.js';
 import { NO_CHANNELZ, services } from '../runtime-image/protos.js';
+import { decodeStageMessage, encodeStageReply } from '../runtime-image/pipeline/codec.js';
+import { createGrpcH2Server } from '../runtime-image/pipeline/grpc-h2.js';
+import { FORWARD_PATH, StageLink } from '../runtime-image/pipeline/stage-link.js';
 import { cacheDir } from '../test/harness/cache.js';
 import { fixtureConfig, writeServeFixture } from '../test/integration/serve-fixture.js';
 
@@ -115,9 +118,16 @@ function runFloorServer(): void {
     },
     Status: (_call: ServerUnaryCall<any, any>, callback: sendUnaryData<any>) => callback(null, {}),
   });
+  // The same echo on the rank port's own transport (gRPC straight on node:http2, grpc-h2.ts).
+  const h2 = createGrpcH2Server({
+    [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: (m) => encodeStageReply(m, true), open: (call) => {
+      call.on('data', (m: any) => call.write({ id: m.id, outputs: m.request?.tensors ?? [], timings: [{ stage: 1, compute_us: '0' }] }));
+      call.on('end', () => call.end());
+    } },
+  }, { maxMessageBytes: 1 << 30 });
   server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, port) => {
     if (err) throw err;
-    process.stdout.write(`${port}\n`);
+    void h2.listen('127.0.0.1', 0).then((h2Port) => process.stdout.write(`${port} ${h2Port}\n`));
   });
   // Lives as long as the benchmark that started it.
   process.stdin.on('close', () => process.exit(0));
@@ -127,22 +137,25 @@ function runFloorServer(): void {
 async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: number[], hopData: Float32Array) {
   const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--floor-server'], { stdio: ['pipe', 'pipe', 'inherit'] });
   try {
-    const port = await new Promise<string>((resolve, reject) => {
+    const [port, h2Port] = (await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('floor server did not start within 60 s')), 60_000);
       child.stdout!.once('data', (d) => {
         clearTimeout(timer);
         resolve(String(d).trim());
       });
-    });
+    })).split(' ');
     const address = `127.0.0.1:${port}`;
     const unary4 = grpcInfer(address, 'net', 'x', mlpShape, mlpData);
     const unary64 = grpcInfer(address, 'net', 'x', hopShape, hopData);
     const stream = streamEcho(address, hopShape, hopData);
+    const linkEcho = await stageLinkEcho(`127.0.0.1:${h2Port}`, hopShape, hopData);
     const result = {
       unary_echo_model_input_c1: await loadMedian(unary4.once, N1, 1),
       unary_echo_64KiB_c1: await loadMedian(unary64.once, N1, 1),
       stream_echo_64KiB_c1: await loadMedian(stream.once, N1, 1),
+      stream_echo_64KiB_rank_transport_c1: await loadMedian(linkEcho.once, N1, 1),
     };
+    linkEcho.close();
     unary4.close();
     unary64.close();
     stream.close();
@@ -180,6 +193,19 @@ function streamEcho(address: string, shape: number[], data: Float32Array) {
       stream.end();
       client.close();
     },
+  };
+}
+
+/** The same echo through a StageLink (the rank port's client) to the rank transport's server. */
+async function stageLinkEcho(address: string, shape: number[], data: Float32Array) {
+  const link = new StageLink({ address, toStage: 1 });
+  const connected = new Promise<void>((resolve) => link.once('connected', () => resolve()));
+  link.start();
+  await connected;
+  const tensor = { name: 'a0', datatype: 'FP32' as const, shape, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
+  return {
+    once: async () => void (await link.send([tensor], [], Date.now() + 30_000)),
+    close: () => link.close(),
   };
 }
 
@@ -401,10 +427,11 @@ async function main() {
     },
     floor: {
       ...floor,
-      method: 'the same Node gRPC client against a bare grpc-js server (own process, same .proto and codecs, no model) that echoes the request: what the client, HTTP/2 and the OS cost without any server work',
+      method: 'the same Node gRPC client against a bare grpc-js server (own process, same .proto and codecs, no model) that echoes the request: what the client, HTTP/2 and the OS cost without any server work; stream_echo_64KiB_rank_transport_c1 is the same echo with the transport of the rank port on both ends (StageLink to a grpc-h2 server)',
       front_door_overhead_over_unary_echo_ms: r3(oursOverhead - floor.unary_echo_model_input_c1.p50_ms),
       stage_hop_p50_ms_per_hop_over_stream_echo_ms: r3(perHop4 - floor.stream_echo_64KiB_c1.p50_ms),
       hop_ratio_to_stream_echo: r3(perHop4 / floor.stream_echo_64KiB_c1.p50_ms),
+      stage_hop_p50_ms_per_hop_over_rank_transport_echo_ms: r3(perHop4 - floor.stream_echo_64KiB_rank_transport_c1.p50_ms),
       front_door_ratio_to_unary_echo: r3(oursOverhead / floor.unary_echo_model_input_c1.p50_ms),
     },
     kserve: 'error' in kserve && kserve.error ? { error: kserve.error } : kserve,

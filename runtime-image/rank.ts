@@ -10,6 +10,7 @@ import { RankMetrics } from './metrics.js';
 import { NO_CHANNELZ, PEER_CHANNEL_OPTIONS, services } from './protos.js';
 import { positionOf, stageLeader, type PipelineSpec, type RankPosition } from './pipeline/spec.js';
 import { StageLink } from './pipeline/stage-link.js';
+import { createGrpcH2Server } from './pipeline/grpc-h2.js';
 import { StageNode } from './pipeline/stage-node.js';
 import { stageServiceImpl } from './pipeline/stage-service.js';
 import { createOrtStage, type OrtStageOptions, type StageExecutor } from './pipeline/stage-session.js';
@@ -109,17 +110,18 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
   let stopping: Promise<void> | undefined;
 
   // Rank-to-rank server first: Status answers while loading, so rank 0 can show progress.
-  const rankServer = new Server({ ...NO_CHANNELZ, 'grpc.max_receive_message_length': 1024 * 1024 * 1024, 'grpc.max_send_message_length': 1024 * 1024 * 1024 });
-  rankServer.addService(services().stage.service, stageServiceImpl({
+  const rankServer = createGrpcH2Server(stageServiceImpl({
     node: () => node,
     lifecycle,
     status: () => ({ rank: env.rank, group: env.group, stage: position.stage, loadedBytes, totalBytes, ready: lifecycle.accepting }),
     onRequest: (d) => {
       upstreamInflight += d;
     },
-  }));
+  }), { maxMessageBytes: 1024 * 1024 * 1024 });
   const ownAddress = addressOf(env.rank);
-  const rankPort = await bindGrpc(rankServer, `${host}:${portOf(ownAddress)}`);
+  const rankPort = await rankServer.listen(host, portOf(ownAddress)).catch((e: Error) => {
+    throw new ShardserveError('PortInUse', `cannot listen on ${host}:${portOf(ownAddress)}: ${e.message}`, { cause: e });
+  });
 
   // Group readiness lives at the head; other ranks answer /readyz with their own state.
   const groupLifecycle = isHead ? new Lifecycle() : lifecycle;
@@ -243,14 +245,13 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
       for (const c of peerClients) c.close();
       link?.close();
       await Promise.all([
-        new Promise<void>((r) => rankServer.tryShutdown(() => r())),
+        rankServer.close(1_000),
         frontDoor ? new Promise<void>((r) => frontDoor!.tryShutdown(() => r())) : undefined,
         new Promise<void>((r) => {
           httpServer.close(() => r());
           httpServer.closeAllConnections();
         }),
       ]);
-      rankServer.forceShutdown();
       frontDoor?.forceShutdown();
       await executor?.close().catch(() => undefined);
       lifecycle.set('STOPPED', reason);

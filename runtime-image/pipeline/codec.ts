@@ -94,7 +94,21 @@ export interface StageReplyObject {
   timings: Array<{ stage: number; compute_us: string }>;
 }
 
-export function encodeStageMessage(m: StageMessageObject): Buffer {
+/**
+ * A writer over a buffer of `size` bytes, after a gRPC message prefix (5 bytes: uncompressed flag,
+ * big-endian length) when `framed`: the message goes onto a gRPC stream as it is, with no second copy.
+ */
+function writerFor(size: number, framed: boolean): Writer {
+  if (!framed) return new Writer(Buffer.allocUnsafe(size));
+  const buf = Buffer.allocUnsafe(5 + size);
+  buf[0] = 0;
+  buf.writeUInt32BE(size, 1);
+  const w = new Writer(buf);
+  w.pos = 5;
+  return w;
+}
+
+export function encodeStageMessage(m: StageMessageObject, framed = false): Buffer {
   const id = Number(m.id);
   let size = id ? varintSize(8) + varintSize(id) : 0;
   let reqSize = 0;
@@ -106,7 +120,7 @@ export function encodeStageMessage(m: StageMessageObject): Buffer {
     size += lenField(2, reqSize);
   }
   if (m.cancel) size += 2;
-  const w = new Writer(Buffer.allocUnsafe(size));
+  const w = writerFor(size, framed);
   if (id) {
     w.tag(1, VARINT);
     w.varint(id);
@@ -129,7 +143,7 @@ export function encodeStageMessage(m: StageMessageObject): Buffer {
   return w.buf;
 }
 
-export function encodeStageReply(r: StageReplyObject): Buffer {
+export function encodeStageReply(r: StageReplyObject, framed = false): Buffer {
   const id = Number(r.id);
   let size = id ? 1 + varintSize(id) : 0;
   for (const t of r.outputs) size += lenField(2, tensorSize(t));
@@ -137,7 +151,7 @@ export function encodeStageReply(r: StageReplyObject): Buffer {
   if (r.error) size += lenField(3, errSize);
   const timingSizes = r.timings.map((t) => (t.stage ? 1 + varintSize(t.stage) : 0) + (Number(t.compute_us) ? 1 + varintSize(Number(t.compute_us)) : 0));
   for (const n of timingSizes) size += lenField(4, n);
-  const w = new Writer(Buffer.allocUnsafe(size));
+  const w = writerFor(size, framed);
   if (id) {
     w.tag(1, VARINT);
     w.varint(id);

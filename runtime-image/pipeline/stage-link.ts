@@ -1,8 +1,9 @@
-import { credentials, type ClientDuplexStream, type Client } from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
+import * as http2 from 'node:http2';
 import { InferError } from '../errors.js';
-import { NO_CHANNELZ, services } from '../protos.js';
 import type { Tensor } from '../tensor.js';
+import { decodeStageReply, encodeStageMessage, type StageMessageObject } from './codec.js';
+import { decodeGrpcMessage, GrpcStatus, H2_SETTINGS, MessageReader } from './grpc-h2.js';
 import { errorFromWire, tensorFromWire, tensorToWire, type StageTiming } from './wire.js';
 
 export interface StageLinkOptions {
@@ -26,14 +27,23 @@ interface Pending {
   cleanup: () => void;
 }
 
+export const FORWARD_PATH = '/shardserve.rank.v1.StageService/Forward';
+const CONNECT_TIMEOUT_MS = 1_000;
+const KEEPALIVE_MS = 10_000;
+const KEEPALIVE_TIMEOUT_MS = 5_000;
+
 /**
- * The one bidirectional stream from this stage to the next. Every request in flight shares it;
- * replies come back by id in any order. When the stream breaks, every request on it fails at once
- * with Unavailable (no request waits for a peer that is gone) and the link reconnects with backoff.
+ * The one bidirectional gRPC stream (StageService.Forward, see grpc-h2.ts) from this stage to the
+ * next. Every request in flight shares it; replies come back by id in any order. When the stream
+ * breaks, every request on it fails at once with Unavailable (no request waits for a peer that is
+ * gone) and the link reconnects with backoff (50 ms doubling to 1 s). An HTTP/2 ping every 10 s,
+ * unanswered for 5 s, counts as broken.
  */
 export class StageLink extends EventEmitter {
-  private client: Client & Record<string, any>;
-  private stream: ClientDuplexStream<any, any> | undefined;
+  private session: http2.ClientHttp2Session | undefined;
+  private stream: http2.ClientHttp2Stream | undefined;
+  private keepalive: NodeJS.Timeout | undefined;
+  private readonly maxMessageBytes: number;
   private readonly pending = new Map<string, Pending>();
   private readonly waiting: Array<() => void> = [];
   private nextId = 1n;
@@ -46,17 +56,7 @@ export class StageLink extends EventEmitter {
   constructor(private readonly opts: StageLinkOptions) {
     super();
     this.window = opts.window ?? 32;
-    const max = opts.maxMessageBytes ?? 256 * 1024 * 1024;
-    this.client = new (services().stage)(opts.address, credentials.createInsecure(), {
-      ...NO_CHANNELZ,
-      'grpc.max_send_message_length': max,
-      'grpc.max_receive_message_length': max,
-      'grpc.keepalive_time_ms': 10_000,
-      'grpc.keepalive_timeout_ms': 5_000,
-      'grpc.initial_reconnect_backoff_ms': 50,
-      'grpc.min_reconnect_backoff_ms': 50,
-      'grpc.max_reconnect_backoff_ms': 1_000,
-    }) as any;
+    this.maxMessageBytes = opts.maxMessageBytes ?? 256 * 1024 * 1024;
   }
 
   get inflight(): number {
@@ -69,30 +69,78 @@ export class StageLink extends EventEmitter {
 
   private connect(): void {
     if (this.closed) return;
-    this.client.waitForReady(Date.now() + 1_000, (err?: Error) => {
-      if (this.closed) return;
-      if (err) return this.scheduleReconnect();
-      this.openStream();
+    const session = http2.connect(`http://${this.opts.address}`, { settings: H2_SETTINGS, maxSessionMemory: 1024 });
+    this.session = session;
+    let opened = false;
+    const timer = setTimeout(() => session.destroy(new Error(`no connection within ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS);
+    const gone = (why: string) => {
+      clearTimeout(timer);
+      if (this.session !== session) return;
+      this.session = undefined;
+      if (this.keepalive) clearInterval(this.keepalive);
+      if (opened) this.broken(why);
+      else this.scheduleReconnect();
+    };
+    session.on('error', (e: Error) => gone(e.message));
+    session.on('close', () => gone('connection closed'));
+    session.on('goaway', () => gone('the peer is going away'));
+    session.once('connect', () => {
+      clearTimeout(timer);
+      if (this.closed || this.session !== session) return session.destroy();
+      session.setLocalWindowSize(64 << 20);
+      opened = true;
+      this.keepalive = setInterval(() => {
+        const t = setTimeout(() => session.destroy(new Error(`no ping answer within ${KEEPALIVE_TIMEOUT_MS} ms`)), KEEPALIVE_TIMEOUT_MS);
+        try {
+          session.ping(() => clearTimeout(t));
+        } catch {
+          clearTimeout(t);
+        }
+      }, KEEPALIVE_MS);
+      this.keepalive.unref();
+      this.openStream(session);
     });
   }
 
-  private openStream(): void {
-    const stream = this.client.Forward() as ClientDuplexStream<any, any>;
+  private openStream(session: http2.ClientHttp2Session): void {
+    const stream = session.request({ ':method': 'POST', ':path': FORWARD_PATH, 'content-type': 'application/grpc', te: 'trailers' });
     this.stream = stream;
+    const broken = (why: string) => {
+      if (this.stream !== stream) return;
+      this.broken(why);
+      session.destroy();
+    };
+    const reader = new MessageReader(this.maxMessageBytes, (b) => this.onReply(decodeStageReply(b)));
+    stream.on('response', (headers) => {
+      const status = headers[':status'];
+      if (status !== 200) broken(`HTTP status ${status}`);
+      else if (headers['grpc-status'] !== undefined && headers['grpc-status'] !== '0') broken(decodeGrpcMessage(headers['grpc-message'] ?? `gRPC status ${headers['grpc-status']}`));
+    });
+    stream.on('data', (chunk: Buffer) => {
+      try {
+        reader.push(chunk);
+      } catch (e) {
+        broken((e as Error).message);
+      }
+    });
+    stream.on('trailers', (t) => {
+      const code = Number(t['grpc-status'] ?? GrpcStatus.UNKNOWN);
+      broken(code === GrpcStatus.OK ? 'stream ended' : decodeGrpcMessage(t['grpc-message'] ?? `gRPC status ${code}`));
+    });
+    stream.on('error', (e: Error) => broken(e.message));
+    stream.on('close', () => broken('stream ended'));
     this.connected = true;
     this.backoffMs = 50;
     this.emit('connected');
-    stream.on('data', (reply: any) => this.onReply(reply));
-    const broken = (why: string) => {
-      if (this.stream !== stream) return;
-      this.stream = undefined;
-      this.connected = false;
-      this.failAll(new InferError('Unavailable', `stage ${this.opts.toStage} at ${this.opts.address} is unreachable: ${why}`));
-      this.emit('disconnected', why);
-      this.scheduleReconnect();
-    };
-    stream.on('error', (e: Error) => broken(e.message));
-    stream.on('end', () => broken('stream ended'));
+  }
+
+  private broken(why: string): void {
+    if (!this.stream && !this.connected) return this.scheduleReconnect();
+    this.stream = undefined;
+    this.connected = false;
+    this.failAll(new InferError('Unavailable', `stage ${this.opts.toStage} at ${this.opts.address} is unreachable: ${why}`));
+    this.emit('disconnected', why);
+    this.scheduleReconnect();
   }
 
   private scheduleReconnect(): void {
@@ -182,13 +230,19 @@ export class StageLink extends EventEmitter {
       };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.pending.set(id, { resolve, reject, cleanup });
-      stream.write({ id, request: { tensors: tensors.map(tensorToWire), budget_us: String(budgetUs), outputs } });
+      this.write(stream, { id, request: { tensors: tensors.map(tensorToWire), budget_us: String(budgetUs), outputs } });
     });
   }
 
+  private write(stream: http2.ClientHttp2Stream, message: StageMessageObject): void {
+    stream.write(encodeStageMessage(message, true));
+  }
+
   private cancelRemote(id: string): void {
+    const stream = this.stream;
+    if (!stream || stream.destroyed) return; // stream already gone: nothing to cancel
     try {
-      this.stream?.write({ id, cancel: true });
+      this.write(stream, { id, cancel: true });
     } catch {
       /* stream already gone: nothing to cancel */
     }
@@ -197,8 +251,13 @@ export class StageLink extends EventEmitter {
   close(): void {
     this.closed = true;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    if (this.keepalive) clearInterval(this.keepalive);
     this.failAll(new InferError('Unavailable', 'rank is shutting down'));
-    this.stream?.end();
-    this.client.close();
+    const session = this.session;
+    this.session = undefined;
+    this.stream = undefined;
+    this.connected = false;
+    session?.close();
+    setTimeout(() => session?.destroy(), 1_000).unref();
   }
 }

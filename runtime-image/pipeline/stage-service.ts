@@ -1,9 +1,14 @@
-import type { ServerDuplexStream, ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from '@grpc/grpc-js';
 import { InferError, asInferError } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
+import { services } from '../protos.js';
 import type { Tensor } from '../tensor.js';
+import { decodeStageMessage, encodeStageReply } from './codec.js';
+import { frameMessage, type MethodHandler, type ServerStreamCall } from './grpc-h2.js';
+import { FORWARD_PATH } from './stage-link.js';
 import type { StageNode } from './stage-node.js';
 import { errorToWire, tensorFromWire, tensorToWire } from './wire.js';
+
+export const STATUS_PATH = '/shardserve.rank.v1.StageService/Status';
 
 export interface RankStatus {
   rank: number;
@@ -25,9 +30,11 @@ export function stageServiceImpl(opts: {
   lifecycle: Lifecycle;
   status: () => RankStatus;
   onRequest?: (delta: number) => void;
-}): UntypedServiceImplementation {
+}): Record<string, MethodHandler> {
+  // Status is rare: proto-loader's codec; Forward is the hot path: the hand codec.
+  const status = (services().stageProtoLoader.service as any).Status;
   return {
-    Forward(call: ServerDuplexStream<any, any>) {
+    [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: (m) => encodeStageReply(m, true), open: (call: ServerStreamCall<any, any>) => {
       const inflight = new Map<string, AbortController>();
       let ended = false;
       const finishIfDone = () => {
@@ -77,15 +84,14 @@ export function stageServiceImpl(opts: {
         for (const c of inflight.values()) c.abort();
       };
       call.on('cancelled', abortAll);
-      call.on('error', abortAll);
-    },
-    Status(_call: ServerUnaryCall<any, any>, callback: sendUnaryData<any>) {
+    } },
+    [STATUS_PATH]: { kind: 'unary', decode: (b) => status.requestDeserialize(b), encodeFramed: (m) => frameMessage(status.responseSerialize(m)), handle: () => {
       const s = opts.status();
       const l = opts.lifecycle.snapshot();
-      callback(null, {
+      return {
         rank: s.rank, group: s.group, stage: s.stage, state: l.state, reason: l.reason,
         loaded_bytes: String(s.loadedBytes), total_bytes: String(s.totalBytes), ready: s.ready,
-      });
-    },
+      };
+    } },
   };
 }

@@ -1,0 +1,253 @@
+// gRPC's wire protocol (HTTP/2, length-prefixed messages, grpc-status trailers) straight on node:http2,
+// for the rank-to-rank port only, where both ends are ours. A stage hop is on every request's path:
+// measured on loopback (2-core machine), one 64 KiB message each way on one open stream takes about
+// 0.25 ms p50 this way against 0.35–0.50 ms with grpc-js on both ends. Any gRPC client still talks to
+// this server (rank 0's and `shardserve up`'s Status polls use grpc-js). The front door stays on grpc-js.
+import { EventEmitter } from 'node:events';
+import * as http2 from 'node:http2';
+
+/** gRPC status codes used here. */
+export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
+
+/**
+ * HTTP/2 settings of both ends: 16 MiB flow-control windows (the default 64 KiB would stall every
+ * activation above that size for a WINDOW_UPDATE round trip) and 1 MiB frames.
+ */
+export const H2_SETTINGS: http2.Settings = { initialWindowSize: 16 << 20, maxFrameSize: 1 << 20 };
+const SESSION_WINDOW = 64 << 20;
+
+export class GrpcWireError extends Error {
+  constructor(readonly code: number, message: string) {
+    super(message);
+  }
+}
+
+/** The 5-byte gRPC message prefix (uncompressed) followed by `body`, in one buffer. */
+export function frameMessage(body: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = 0;
+  out.writeUInt32BE(body.length, 1);
+  out.set(body, 5);
+  return out;
+}
+
+/**
+ * Splits a gRPC byte stream into messages. A message inside one received chunk is handed on as a view
+ * of it (no copy); one spread over chunks is copied once. Compressed messages (we never negotiate
+ * compression) and messages over `maxBytes` throw a GrpcWireError.
+ */
+export class MessageReader {
+  private chunks: Buffer[] = [];
+  private have = 0;
+  private need = -1;
+
+  constructor(private readonly maxBytes: number, private readonly onMessage: (body: Buffer) => void) {}
+
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.have += chunk.length;
+    for (;;) {
+      if (this.need < 0) {
+        if (this.have < 5) return;
+        const head = this.take(5);
+        if (head[0] !== 0) throw new GrpcWireError(GrpcStatus.UNIMPLEMENTED, 'compressed messages are not supported on the rank port');
+        this.need = head.readUInt32BE(1);
+        if (this.need > this.maxBytes) throw new GrpcWireError(GrpcStatus.RESOURCE_EXHAUSTED, `message of ${this.need} bytes is over the limit of ${this.maxBytes}`);
+      }
+      if (this.have < this.need) return;
+      const body = this.take(this.need);
+      this.need = -1;
+      this.onMessage(body);
+    }
+  }
+
+  private take(n: number): Buffer {
+    this.have -= n;
+    const first = this.chunks[0];
+    if (first && first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    while (at < n) {
+      const c = this.chunks[0];
+      const k = Math.min(c.length, n - at);
+      out.set(k === c.length ? c : c.subarray(0, k), at);
+      at += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    return out;
+  }
+}
+
+/** One bidirectional call on the server: 'data' (decoded message), 'end' (client half-closed), 'cancelled'. */
+export interface ServerStreamCall<Req, Res> extends EventEmitter {
+  write(message: Res): boolean;
+  end(): void;
+  on(event: 'data', listener: (m: Req) => void): this;
+  on(event: 'end' | 'cancelled', listener: () => void): this;
+}
+
+/** `decode` reads a message body; `encodeFramed` writes a reply with its gRPC prefix (see frameMessage). */
+export type MethodHandler =
+  | { kind: 'unary'; decode: (b: Buffer) => any; encodeFramed: (m: any) => Buffer; handle: (request: any) => any }
+  | { kind: 'bidi'; decode: (b: Buffer) => any; encodeFramed: (m: any) => Buffer; open: (call: ServerStreamCall<any, any>) => void };
+
+export interface GrpcH2Server {
+  server: http2.Http2Server;
+  /** Listen on host:port; resolves with the bound port. */
+  listen(host: string, port: number): Promise<number>;
+  /** Stop accepting, ask every client to go (GOAWAY), and after `graceMs` drop what is left. */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** grpc-message as the gRPC spec wants it: bytes outside printable ASCII, and '%', as %XX. */
+export function encodeGrpcMessage(message: string): string {
+  let out = '';
+  for (const b of Buffer.from(message, 'utf8')) out += b >= 0x20 && b <= 0x7e && b !== 0x25 ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  return out;
+}
+
+export function decodeGrpcMessage(value: unknown): string {
+  const s = String(value ?? '');
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
+function trailersOnly(stream: http2.ServerHttp2Stream, code: number, message: string): void {
+  if (stream.destroyed || stream.headersSent) return;
+  stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeGrpcMessage(message) }, { endStream: true });
+}
+
+/** A gRPC server for the given methods (keyed by path, e.g. '/pkg.Service/Method'). */
+export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts: { maxMessageBytes: number }): GrpcH2Server {
+  const server = http2.createServer({ settings: H2_SETTINGS, maxSessionMemory: 1024 });
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on('session', (session) => {
+    sessions.add(session);
+    session.on('close', () => sessions.delete(session));
+    session.on('error', () => undefined);
+    session.on('connect', () => session.setLocalWindowSize(SESSION_WINDOW));
+    if (!session.connecting) session.setLocalWindowSize(SESSION_WINDOW);
+  });
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => undefined);
+    const contentType = String(headers['content-type'] ?? '');
+    if (headers[':method'] !== 'POST' || !contentType.startsWith('application/grpc')) {
+      stream.respond({ ':status': 415, 'content-type': 'text/plain' });
+      stream.end('this port speaks gRPC (application/grpc)\n');
+      return;
+    }
+    const path = String(headers[':path']);
+    const method = methods[path];
+    if (!method) return trailersOnly(stream, GrpcStatus.UNIMPLEMENTED, `unknown method ${path}`);
+    if (method.kind === 'unary') serveUnary(stream, method, opts.maxMessageBytes);
+    else serveBidi(stream, method, opts.maxMessageBytes);
+  });
+  return {
+    server,
+    listen: (host, port) => new Promise((resolve, reject) => {
+      const onError = (e: Error) => reject(e);
+      server.once('error', onError);
+      server.listen(port, host, () => {
+        server.off('error', onError);
+        const a = server.address();
+        resolve(typeof a === 'object' && a ? a.port : port);
+      });
+    }),
+    close: async (graceMs = 1_000) => {
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      for (const s of sessions) s.close();
+      const timer = setTimeout(() => {
+        for (const s of sessions) s.destroy();
+      }, graceMs);
+      await closed;
+      clearTimeout(timer);
+    },
+  };
+}
+
+function serveUnary(stream: http2.ServerHttp2Stream, method: Extract<MethodHandler, { kind: 'unary' }>, maxBytes: number): void {
+  let request: Buffer | undefined;
+  let count = 0;
+  const reader = new MessageReader(maxBytes, (b) => {
+    request = b;
+    count++;
+  });
+  let failed = false;
+  stream.on('data', (chunk: Buffer) => {
+    if (failed) return;
+    try {
+      reader.push(chunk);
+    } catch (e) {
+      failed = true;
+      trailersOnly(stream, e instanceof GrpcWireError ? e.code : GrpcStatus.INTERNAL, (e as Error).message);
+    }
+  });
+  stream.on('end', () => {
+    if (failed) return;
+    if (count !== 1 || !request) return trailersOnly(stream, GrpcStatus.UNIMPLEMENTED, `a unary call carries one message, got ${count}`);
+    let reply: Buffer;
+    try {
+      reply = method.encodeFramed(method.handle(method.decode(request)));
+    } catch (e) {
+      return trailersOnly(stream, GrpcStatus.INTERNAL, (e as Error).message);
+    }
+    if (stream.destroyed) return;
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    stream.end(reply);
+  });
+}
+
+function serveBidi(stream: http2.ServerHttp2Stream, method: Extract<MethodHandler, { kind: 'bidi' }>, maxBytes: number): void {
+  const call = new EventEmitter() as ServerStreamCall<any, any>;
+  let done = false;
+  let trailersSent = false;
+  let cancelled = false;
+  let status: { code: number; message: string } = { code: GrpcStatus.OK, message: '' };
+  stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+  stream.once('wantTrailers', () => {
+    trailersSent = true;
+    const t: http2.OutgoingHttpHeaders = { 'grpc-status': String(status.code) };
+    if (status.message) t['grpc-message'] = encodeGrpcMessage(status.message);
+    stream.sendTrailers(t);
+  });
+  call.write = (message) => {
+    if (done || stream.destroyed || stream.writableEnded) return false;
+    return stream.write(method.encodeFramed(message));
+  };
+  call.end = () => {
+    if (done) return;
+    done = true;
+    if (!stream.destroyed && !stream.writableEnded) stream.end();
+  };
+  const reader = new MessageReader(maxBytes, (b) => call.emit('data', method.decode(b)));
+  stream.on('data', (chunk: Buffer) => {
+    if (done) return;
+    try {
+      reader.push(chunk);
+    } catch (e) {
+      status = { code: e instanceof GrpcWireError ? e.code : GrpcStatus.INTERNAL, message: (e as Error).message };
+      cancelled = true;
+      call.emit('cancelled');
+      call.end();
+    }
+  });
+  stream.on('end', () => call.emit('end'));
+  stream.on('close', () => {
+    // Reset by the client (RST_STREAM), or closed before our trailers went out (the connection went away).
+    if (!cancelled && (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR || !trailersSent)) {
+      cancelled = true;
+      done = true;
+      call.emit('cancelled');
+    }
+  });
+  method.open(call);
+}
