@@ -1,16 +1,16 @@
-import { Server, ServerCredentials, credentials, type Client } from '@grpc/grpc-js';
+import { credentials, type Client } from '@grpc/grpc-js';
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { RankConfig } from '../core/deployment.js';
 import { ShardserveError } from '../core/errors.js';
 import { DataPlane, type DataPlaneLimits } from './dataplane.js';
-import { healthServiceImpl, oipServiceImpl } from './frontdoor/grpc.js';
+import { healthMethods, oipMethods } from './frontdoor/grpc.js';
 import { restHandler } from './frontdoor/rest.js';
 import { Lifecycle } from './lifecycle.js';
 import { RankMetrics } from './metrics.js';
-import { NO_CHANNELZ, PEER_CHANNEL_OPTIONS, services } from './protos.js';
+import { PEER_CHANNEL_OPTIONS, services } from './protos.js';
 import { positionOf, stageLeader, type PipelineSpec, type RankPosition } from './pipeline/spec.js';
 import { StageLink } from './pipeline/stage-link.js';
-import { createGrpcH2Server } from './pipeline/grpc-h2.js';
+import { createGrpcH2Server, type GrpcH2Server } from './pipeline/grpc-h2.js';
 import { StageNode } from './pipeline/stage-node.js';
 import { stageServiceImpl } from './pipeline/stage-service.js';
 import { createOrtStage, type OrtStageOptions, type StageExecutor } from './pipeline/stage-session.js';
@@ -57,12 +57,9 @@ export interface RankHandle {
   stop(reason: string, graceMs?: number): Promise<void>;
 }
 
-async function bindGrpc(server: Server, address: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.bindAsync(address, ServerCredentials.createInsecure(), (err, port) => {
-      if (err) reject(new ShardserveError('PortInUse', `cannot listen on ${address}: ${err.message}`, { cause: err }));
-      else resolve(port);
-    });
+async function listenGrpc(server: GrpcH2Server, host: string, port: number): Promise<number> {
+  return server.listen(host, port).catch((e: Error) => {
+    throw new ShardserveError('PortInUse', `cannot listen on ${host}:${port}: ${e.message}`, { cause: e });
   });
 }
 
@@ -119,14 +116,12 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
     },
   }), { maxMessageBytes: 1024 * 1024 * 1024 });
   const ownAddress = addressOf(env.rank);
-  const rankPort = await rankServer.listen(host, portOf(ownAddress)).catch((e: Error) => {
-    throw new ShardserveError('PortInUse', `cannot listen on ${host}:${portOf(ownAddress)}: ${e.message}`, { cause: e });
-  });
+  const rankPort = await listenGrpc(rankServer, host, portOf(ownAddress));
 
   // Group readiness lives at the head; other ranks answer /readyz with their own state.
   const groupLifecycle = isHead ? new Lifecycle() : lifecycle;
   const plane = isHead ? new DataPlane(config.modelName, undefined, groupLifecycle, () => node, metrics, opts.limits) : undefined;
-  let frontDoor: Server | undefined;
+  let frontDoor: GrpcH2Server | undefined;
   let grpcPort: number | undefined;
   groupLifecycle.set('LOADING', 'loading checkpoint slice');
   const handler = restHandler({ plane, lifecycle, metrics });
@@ -182,15 +177,9 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
   });
 
   if (isHead) {
-    frontDoor = new Server({
-      ...NO_CHANNELZ,
-      // Our own size check answers INVALID_ARGUMENT with the limit; gRPC's hard cap sits above it.
-      'grpc.max_receive_message_length': 4 * (plane!.limits.maxMessageBytes + 1024 * 1024),
-      'grpc.max_send_message_length': 1024 * 1024 * 1024,
-    });
-    frontDoor.addService(services().oip.service, oipServiceImpl(plane!, metrics));
-    frontDoor.addService(services().health.service, healthServiceImpl(groupLifecycle));
-    grpcPort = await bindGrpc(frontDoor, `${host}:${opts.grpcPort ?? config.serving.grpcPort}`);
+    // Our own size check answers INVALID_ARGUMENT with the limit; the transport's hard cap sits above it.
+    frontDoor = createGrpcH2Server({ ...oipMethods(plane!, metrics), ...healthMethods(groupLifecycle) }, { maxMessageBytes: 4 * (plane!.limits.maxMessageBytes + 1024 * 1024) });
+    grpcPort = await listenGrpc(frontDoor, host, opts.grpcPort ?? config.serving.grpcPort);
 
     // Group readiness: own stage ready and every other rank says it is ready.
     const others = Array.from({ length: env.worldSize - 1 }, (_, i) => i + 1);
@@ -246,13 +235,12 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
       link?.close();
       await Promise.all([
         rankServer.close(1_000),
-        frontDoor ? new Promise<void>((r) => frontDoor!.tryShutdown(() => r())) : undefined,
+        frontDoor?.close(1_000),
         new Promise<void>((r) => {
           httpServer.close(() => r());
           httpServer.closeAllConnections();
         }),
       ]);
-      frontDoor?.forceShutdown();
       await executor?.close().catch(() => undefined);
       lifecycle.set('STOPPED', reason);
       groupLifecycle.set('STOPPED', reason);

@@ -1,25 +1,39 @@
-import { status as GrpcStatus, type ServerUnaryCall, type sendUnaryData, type ServerWritableStream, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import type { ServiceDefinition } from '@grpc/grpc-js';
 import type { DataPlane, InferRequest } from '../dataplane.js';
 import { InferError, asInferError, grpcCodeOf } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
 import type { RankMetrics } from '../metrics.js';
+import { type CallContext, frameMessage, GrpcStatus, GrpcWireError, type MethodHandler } from '../pipeline/grpc-h2.js';
+import { services } from '../protos.js';
 import { fromTypedContents, isOipDatatype, type Tensor } from '../tensor.js';
 
-type Handler = (call: ServerUnaryCall<any, any>, callback: sendUnaryData<any>) => void;
+type Impl = (request: any, ctx: CallContext) => unknown;
 
-/** Runs `fn` and answers with its value or the gRPC form of its InferError. */
-function unary(fn: (call: ServerUnaryCall<any, any>) => unknown | Promise<unknown>): Handler {
-  return (call, callback) => {
-    Promise.resolve()
-      .then(() => fn(call))
-      .then(
-        (value) => callback(null, value),
-        (e) => {
-          const err = asInferError(e);
-          callback({ code: grpcCodeOf(err.kind), details: err.message });
-        },
-      );
-  };
+/** An InferError (or anything thrown) as the gRPC status the client gets. */
+function asWireError(e: unknown): GrpcWireError {
+  if (e instanceof GrpcWireError) return e;
+  const err = asInferError(e);
+  return new GrpcWireError(grpcCodeOf(err.kind), err.message);
+}
+
+/** The unary methods of a proto-loader service, on the grpc-h2 transport (paths and codecs from the .proto). */
+function unaryMethods(def: ServiceDefinition, impls: Record<string, Impl>): Record<string, MethodHandler> {
+  return Object.fromEntries(Object.entries(impls).map(([name, impl]) => {
+    const m = def[name] as any;
+    const handler: MethodHandler = {
+      kind: 'unary',
+      decode: (b) => m.requestDeserialize(b),
+      encodeFramed: (v) => frameMessage(m.responseSerialize(v)),
+      handle: async (request, ctx) => {
+        try {
+          return await impl(request, ctx);
+        } catch (e) {
+          throw asWireError(e);
+        }
+      },
+    };
+    return [m.path as string, handler];
+  }));
 }
 
 /** ModelInferRequest (decoded with keepCase, longs as strings) → the data plane's request. */
@@ -43,84 +57,70 @@ export function inferRequestFromGrpc(msg: any): InferRequest {
   };
 }
 
-function deadlineOf(call: ServerUnaryCall<any, any>): number | undefined {
-  const d = call.getDeadline();
-  const ms = d instanceof Date ? d.getTime() : Number(d);
-  return Number.isFinite(ms) ? ms : undefined;
-}
-
 /** inference.GRPCInferenceService over the data plane. */
-export function oipServiceImpl(plane: DataPlane, metrics?: RankMetrics): UntypedServiceImplementation {
-  return {
-    ServerLive: unary(() => ({ live: plane.live() })),
-    ServerReady: unary(() => ({ ready: plane.ready() })),
-    ModelReady: unary((call) => ({ ready: plane.modelReady(call.request.name, call.request.version || undefined) })),
-    ServerMetadata: unary(() => plane.serverMetadata()),
-    ModelMetadata: unary((call) => plane.modelMetadata(call.request.name, call.request.version || undefined)),
-    ModelInfer: (call: ServerUnaryCall<any, any>, callback: sendUnaryData<any>) => {
+export function oipMethods(plane: DataPlane, metrics?: RankMetrics): Record<string, MethodHandler> {
+  return unaryMethods(services().oip.service, {
+    ServerLive: () => ({ live: plane.live() }),
+    ServerReady: () => ({ ready: plane.ready() }),
+    ModelReady: (req) => ({ ready: plane.modelReady(req.name, req.version || undefined) }),
+    ServerMetadata: () => plane.serverMetadata(),
+    ModelMetadata: (req) => plane.modelMetadata(req.name, req.version || undefined),
+    ModelInfer: async (req, ctx) => {
       const t0 = process.hrtime.bigint();
-      const controller = new AbortController();
-      let answered = false;
-      // grpc-js also reports 'cancelled' when a call closes after its answer: only a call still in flight is aborted.
-      call.on('cancelled', () => {
-        if (!answered) controller.abort();
-      });
-      Promise.resolve()
-        .then(() => plane.infer(inferRequestFromGrpc(call.request), { deadline: deadlineOf(call), signal: controller.signal }))
-        .then(
-          (r) => {
-            answered = true;
-            metrics?.requests.inc({ protocol: 'grpc', code: 'OK' });
-            metrics?.requestSeconds.observe({ protocol: 'grpc' }, Number(process.hrtime.bigint() - t0) / 1e9);
-            callback(null, {
-              model_name: r.modelName,
-              model_version: r.modelVersion,
-              id: r.id,
-              outputs: r.outputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape })),
-              raw_output_contents: r.outputs.map((t) => Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)),
-            });
-          },
-          (e) => {
-            answered = true;
-            const err = asInferError(e);
-            metrics?.requests.inc({ protocol: 'grpc', code: err.kind });
-            callback({ code: grpcCodeOf(err.kind), details: err.message });
-          },
-        );
+      try {
+        const r = await plane.infer(inferRequestFromGrpc(req), { deadline: ctx.deadline, signal: ctx.signal });
+        metrics?.requests.inc({ protocol: 'grpc', code: 'OK' });
+        metrics?.requestSeconds.observe({ protocol: 'grpc' }, Number(process.hrtime.bigint() - t0) / 1e9);
+        return {
+          model_name: r.modelName,
+          model_version: r.modelVersion,
+          id: r.id,
+          outputs: r.outputs.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape })),
+          raw_output_contents: r.outputs.map((t) => Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)),
+        };
+      } catch (e) {
+        metrics?.requests.inc({ protocol: 'grpc', code: asInferError(e).kind });
+        throw e;
+      }
     },
-    RepositoryModelLoad: unary(() => {
+    RepositoryModelLoad: () => {
       throw new InferError('Unimplemented', 'shardserve loads its model at start; there is no model repository to load from');
-    }),
-    RepositoryModelUnload: unary(() => {
+    },
+    RepositoryModelUnload: () => {
       throw new InferError('Unimplemented', 'shardserve loads its model at start; there is no model repository to unload from');
-    }),
-  };
+    },
+  });
 }
 
 const HEALTH_SERVICES = new Set(['', 'inference.GRPCInferenceService']);
 
 /** grpc.health.v1.Health: SERVING exactly when the group is ready. */
-export function healthServiceImpl(lifecycle: Lifecycle): UntypedServiceImplementation {
+export function healthMethods(lifecycle: Lifecycle): Record<string, MethodHandler> {
+  const def = services().health.service as any;
   const statusOf = () => (lifecycle.accepting ? 'SERVING' : 'NOT_SERVING');
   return {
-    Check(call: ServerUnaryCall<any, any>, callback: sendUnaryData<any>) {
-      if (!HEALTH_SERVICES.has(call.request.service)) {
-        callback({ code: GrpcStatus.NOT_FOUND, details: `unknown service '${call.request.service}'` });
-        return;
-      }
-      callback(null, { status: statusOf() });
-    },
-    Watch(call: ServerWritableStream<any, any>) {
-      const known = HEALTH_SERVICES.has(call.request.service);
-      let last = '';
-      const send = () => {
-        const s = known ? statusOf() : 'SERVICE_UNKNOWN';
-        if (s !== last) call.write({ status: s });
-        last = s;
-      };
-      send();
-      lifecycle.on('change', send);
-      call.on('cancelled', () => lifecycle.off('change', send));
+    ...unaryMethods(def, {
+      Check: (req) => {
+        if (!HEALTH_SERVICES.has(req.service)) throw new GrpcWireError(GrpcStatus.NOT_FOUND, `unknown service '${req.service}'`);
+        return { status: statusOf() };
+      },
+    }),
+    [def.Watch.path]: {
+      kind: 'serverStream',
+      decode: (b) => def.Watch.requestDeserialize(b),
+      encodeFramed: (v) => frameMessage(def.Watch.responseSerialize(v)),
+      open: (req, call) => {
+        const known = HEALTH_SERVICES.has(req.service);
+        let last = '';
+        const send = () => {
+          const s = known ? statusOf() : 'SERVICE_UNKNOWN';
+          if (s !== last) call.write({ status: s });
+          last = s;
+        };
+        send();
+        lifecycle.on('change', send);
+        call.on('cancelled', () => lifecycle.off('change', send));
+      },
     },
   };
 }

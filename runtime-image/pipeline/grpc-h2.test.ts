@@ -1,12 +1,15 @@
 import { credentials, makeGenericClientConstructor, Metadata, status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createGrpcH2Server, frameMessage, GrpcStatus, GrpcWireError, MessageReader, type GrpcH2Server, type ServerStreamCall } from './grpc-h2.js';
+import { deflateSync, gzipSync } from 'node:zlib';
+import { type CallContext, createGrpcH2Server, deadlineOf, frameMessage, GrpcStatus, GrpcWireError, MessageReader, type GrpcH2Server, type ServerStreamCall } from './grpc-h2.js';
 import { FORWARD_PATH, StageLink } from './stage-link.js';
 import { decodeStageMessage, encodeStageReply } from './codec.js';
 
 const id = (b: Buffer) => b;
 const defs = {
   Echo: { path: '/t.E/Echo', requestStream: false, responseStream: false, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id },
+  Slow: { path: '/t.E/Slow', requestStream: false, responseStream: false, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id },
+  Ticks: { path: '/t.E/Ticks', requestStream: false, responseStream: true, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id },
   Nope: { path: '/t.E/Nope', requestStream: false, responseStream: false, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id },
   Chat: { path: '/t.E/Chat', requestStream: true, responseStream: true, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id },
 };
@@ -25,20 +28,41 @@ describe('MessageReader', () => {
     }
   });
 
-  it('refuses compressed messages and messages over the limit with their gRPC codes', () => {
-    const compressed = frameMessage(Buffer.from('x'));
-    compressed[0] = 1;
-    expect(() => new MessageReader(100, () => undefined).push(compressed)).toThrow(new GrpcWireError(GrpcStatus.UNIMPLEMENTED, 'compressed messages are not supported on the rank port'));
-    const big = frameMessage(Buffer.alloc(101));
-    let err: unknown;
-    try {
-      new MessageReader(100, () => undefined).push(big.subarray(0, 5));
-    } catch (e) {
-      err = e;
-    }
-    expect(err).toBeInstanceOf(GrpcWireError);
-    expect((err as GrpcWireError).code).toBe(GrpcStatus.RESOURCE_EXHAUSTED);
-    expect((err as Error).message).toBe('message of 101 bytes is over the limit of 100');
+  it('inflates gzip and deflate messages; refuses the rest, and messages over the limit, with their gRPC codes', () => {
+    const compressed = (body: Buffer) => {
+      const f = frameMessage(body);
+      f[0] = 1;
+      return f;
+    };
+    const read = (frame: Buffer, encoding?: string, max = 100) => {
+      const got: string[] = [];
+      new MessageReader(max, (b) => got.push(b.toString()), encoding).push(frame);
+      return got;
+    };
+    const wireError = (f: () => unknown) => {
+      try {
+        f();
+      } catch (e) {
+        expect(e).toBeInstanceOf(GrpcWireError);
+        return { code: (e as GrpcWireError).code, message: (e as Error).message };
+      }
+      throw new Error('no error thrown');
+    };
+    expect(read(compressed(gzipSync('hello')), 'gzip')).toEqual(['hello']);
+    expect(read(compressed(deflateSync('hello')), 'deflate')).toEqual(['hello']);
+    expect(wireError(() => read(compressed(Buffer.from('x'))))).toEqual({ code: GrpcStatus.INTERNAL, message: 'a message is marked compressed but the call has no grpc-encoding' });
+    expect(wireError(() => read(compressed(Buffer.from('x')), 'snappy'))).toEqual({ code: GrpcStatus.UNIMPLEMENTED, message: "grpc-encoding 'snappy' is not supported (identity,deflate,gzip)" });
+    expect(wireError(() => read(compressed(Buffer.from('not gzip')), 'gzip')).code).toBe(GrpcStatus.INTERNAL);
+    // A small message that inflates past the limit is refused without inflating all of it.
+    expect(wireError(() => read(compressed(gzipSync(Buffer.alloc(10_000))), 'gzip'))).toEqual({ code: GrpcStatus.RESOURCE_EXHAUSTED, message: 'message inflates to over the limit of 100 bytes' });
+    expect(wireError(() => new MessageReader(100, () => undefined).push(frameMessage(Buffer.alloc(101)).subarray(0, 5)))).toEqual({ code: GrpcStatus.RESOURCE_EXHAUSTED, message: 'message of 101 bytes is over the limit of 100' });
+  });
+});
+
+describe('deadlineOf (grpc-timeout)', () => {
+  it('reads every unit and ignores malformed values', () => {
+    expect([deadlineOf('2H', 0), deadlineOf('3M', 0), deadlineOf('5S', 0), deadlineOf('250m', 0), deadlineOf('1500u', 0), deadlineOf('2000000n', 0)]).toEqual([7_200_000, 180_000, 5_000, 250, 1.5, 2]);
+    expect([deadlineOf(undefined), deadlineOf('5'), deadlineOf('123456789S'), deadlineOf('-1S'), deadlineOf('5s')]).toEqual([undefined, undefined, undefined, undefined, undefined]);
   });
 });
 
@@ -49,9 +73,25 @@ describe('gRPC on node:http2 against grpc-js (a real gRPC client)', () => {
     server = undefined;
   });
 
+  let slowCalls: CallContext[] = [];
+  let ticksCancelled!: () => void;
+  const ticksGone = new Promise<void>((r) => (ticksCancelled = r));
+
   async function start(onChat?: (call: ServerStreamCall<any, any>) => void): Promise<number> {
     server = createGrpcH2Server({
-      '/t.E/Echo': { kind: 'unary', decode: id, encodeFramed: (m: Buffer) => frameMessage(Buffer.concat([Buffer.from('echo:'), m])), handle: (m: Buffer) => m },
+      '/t.E/Echo': { kind: 'unary', decode: id, encodeFramed: (m: Buffer) => frameMessage(Buffer.concat([Buffer.from('echo:'), m])), handle: async (m: Buffer) => {
+        if (m.toString() === 'missing') throw new GrpcWireError(GrpcStatus.NOT_FOUND, "model 'missing' is not served here (100%)");
+        if (m.toString() === 'crash') throw new TypeError('boom');
+        return m;
+      } },
+      '/t.E/Slow': { kind: 'unary', decode: id, encodeFramed: frameMessage, handle: (_m: Buffer, ctx: CallContext) => {
+        slowCalls.push(ctx);
+        return new Promise(() => undefined);
+      } },
+      '/t.E/Ticks': { kind: 'serverStream', decode: id, encodeFramed: frameMessage, open: (m: Buffer, call) => {
+        for (let i = 0; i < Number(m.toString()); i++) call.write(Buffer.from(`tick ${i}`));
+        call.on('cancelled', () => ticksCancelled());
+      } },
       '/t.E/Chat': { kind: 'bidi', decode: id, encodeFramed: frameMessage, open: (call) => {
         call.on('data', (m: Buffer) => call.write(Buffer.from(m.toString().toUpperCase())));
         call.on('end', () => call.end());
@@ -66,8 +106,46 @@ describe('gRPC on node:http2 against grpc-js (a real gRPC client)', () => {
     const client = new (makeGenericClientConstructor(defs, 'E'))(`127.0.0.1:${port}`, credentials.createInsecure()) as any;
     const call = (method: string, body: Buffer) => new Promise<Buffer>((resolve, reject) => client[method](body, new Metadata(), { deadline: Date.now() + 5_000 }, (e: ServiceError | null, r: Buffer) => (e ? reject(e) : resolve(r))));
     expect((await call('Echo', Buffer.from('hi'))).toString()).toBe('echo:hi');
+    await expect(call('Echo', Buffer.from('missing'))).rejects.toMatchObject({ code: grpcStatus.NOT_FOUND, details: "model 'missing' is not served here (100%)" });
+    await expect(call('Echo', Buffer.from('crash'))).rejects.toMatchObject({ code: grpcStatus.INTERNAL, details: 'boom' });
     await expect(call('Nope', Buffer.from('hi'))).rejects.toMatchObject({ code: grpcStatus.UNIMPLEMENTED, details: 'unknown method /t.E/Nope' });
     await expect(call('Echo', Buffer.alloc(2000))).rejects.toMatchObject({ code: grpcStatus.RESOURCE_EXHAUSTED, details: 'message of 2000 bytes is over the limit of 1024' });
+    client.close();
+  });
+
+  it('takes gzip-compressed requests from a grpc-js client that compresses', async () => {
+    const port = await start();
+    const client = new (makeGenericClientConstructor(defs, 'E'))(`127.0.0.1:${port}`, credentials.createInsecure(), { 'grpc.default_compression_algorithm': 2 }) as any;
+    const reply = await new Promise<Buffer>((resolve, reject) => client.Echo(Buffer.alloc(50, 'z'), (e: ServiceError | null, r: Buffer) => (e ? reject(e) : resolve(r))));
+    expect(reply.toString()).toBe('echo:' + 'z'.repeat(50));
+    client.close();
+  });
+
+  it('hands the handler the client deadline, and aborts its signal when the client gives up', async () => {
+    slowCalls = [];
+    const port = await start();
+    const client = new (makeGenericClientConstructor(defs, 'E'))(`127.0.0.1:${port}`, credentials.createInsecure()) as any;
+    const t0 = Date.now();
+    const err = await new Promise<ServiceError>((resolve) => client.Slow(Buffer.from('x'), new Metadata(), { deadline: t0 + 300 }, (e: ServiceError) => resolve(e)));
+    expect(err.code).toBe(grpcStatus.DEADLINE_EXCEEDED);
+    expect(slowCalls).toHaveLength(1);
+    expect(slowCalls[0].deadline).toBeGreaterThan(t0 + 200);
+    expect(slowCalls[0].deadline).toBeLessThan(t0 + 400);
+    for (let i = 0; i < 50 && !slowCalls[0].signal.aborted; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(slowCalls[0].signal.aborted).toBe(true);
+    client.close();
+  });
+
+  it('streams replies to one request, and tells the handler when the client cancels', async () => {
+    const port = await start();
+    const client = new (makeGenericClientConstructor(defs, 'E'))(`127.0.0.1:${port}`, credentials.createInsecure()) as any;
+    const ticks = client.Ticks(Buffer.from('3'));
+    ticks.on('error', () => undefined);
+    const got: string[] = [];
+    await new Promise<void>((r) => ticks.on('data', (m: Buffer) => got.push(m.toString()) === 3 && r()));
+    expect(got).toEqual(['tick 0', 'tick 1', 'tick 2']);
+    ticks.cancel();
+    await ticksGone;
     client.close();
   });
 
