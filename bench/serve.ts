@@ -22,7 +22,7 @@ import { sessionOptions } from '../runtime-image/pipeline/stage-session.js';
 import { freePort, freePortRange } from '../runtime-image/ports.js';
 import { NO_CHANNELZ, services } from '../runtime-image/protos.js';
 import { decodeStageMessage, encodeStageReply } from '../runtime-image/pipeline/codec.js';
-import { createGrpcH2Server, frameMessage } from '../runtime-image/pipeline/grpc-h2.js';
+import { createGrpcH2Server, frameMessage } from '../runtime-image/grpc-h2.js';
 import { FORWARD_PATH, StageLink } from '../runtime-image/pipeline/stage-link.js';
 import { cacheDir } from '../test/harness/cache.js';
 import { fixtureConfig, writeServeFixture } from '../test/integration/serve-fixture.js';

@@ -10,7 +10,7 @@ import { RankMetrics } from './metrics.js';
 import { PEER_CHANNEL_OPTIONS, services } from './protos.js';
 import { positionOf, stageLeader, type PipelineSpec, type RankPosition } from './pipeline/spec.js';
 import { StageLink } from './pipeline/stage-link.js';
-import { createGrpcH2Server, type GrpcH2Server } from './pipeline/grpc-h2.js';
+import { createGrpcH2Server, type GrpcH2Server } from './grpc-h2.js';
 import { StageNode } from './pipeline/stage-node.js';
 import { stageServiceImpl } from './pipeline/stage-service.js';
 import { createOrtStage, type OrtStageOptions, type StageExecutor } from './pipeline/stage-session.js';

@@ -3,7 +3,7 @@ import type { DataPlane, InferRequest } from '../dataplane.js';
 import { InferError, asInferError, grpcCodeOf } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
 import type { RankMetrics } from '../metrics.js';
-import { type CallContext, frameMessage, GrpcStatus, GrpcWireError, type MethodHandler } from '../pipeline/grpc-h2.js';
+import { type CallContext, frameMessage, GrpcStatus, GrpcWireError, type MethodHandler } from '../grpc-h2.js';
 import { services } from '../protos.js';
 import { fromTypedContents, isOipDatatype, type Tensor } from '../tensor.js';
 

@@ -3,7 +3,7 @@ import * as http2 from 'node:http2';
 import { InferError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { decodeStageReply, encodeStageMessage, type StageMessageObject } from './codec.js';
-import { decodeGrpcMessage, GrpcStatus, H2_SETTINGS, MessageReader } from './grpc-h2.js';
+import { decodeGrpcMessage, GrpcStatus, H2_SETTINGS, MessageReader } from '../grpc-h2.js';
 import { errorFromWire, tensorFromWire, tensorToWire, type StageTiming } from './wire.js';
 
 export interface StageLinkOptions {

@@ -3,7 +3,7 @@ import type { Lifecycle } from '../lifecycle.js';
 import { services } from '../protos.js';
 import type { Tensor } from '../tensor.js';
 import { decodeStageMessage, encodeStageReply } from './codec.js';
-import { frameMessage, type MethodHandler, type ServerStreamCall } from './grpc-h2.js';
+import { frameMessage, type MethodHandler, type ServerStreamCall } from '../grpc-h2.js';
 import { FORWARD_PATH } from './stage-link.js';
 import type { StageNode } from './stage-node.js';
 import { errorToWire, tensorFromWire, tensorToWire } from './wire.js';

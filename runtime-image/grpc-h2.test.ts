@@ -2,8 +2,8 @@ import { credentials, makeGenericClientConstructor, Metadata, status as grpcStat
 import { afterEach, describe, expect, it } from 'vitest';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { type CallContext, createGrpcH2Server, deadlineOf, frameMessage, GrpcStatus, GrpcWireError, MessageReader, type GrpcH2Server, type ServerStreamCall } from './grpc-h2.js';
-import { FORWARD_PATH, StageLink } from './stage-link.js';
-import { decodeStageMessage, encodeStageReply } from './codec.js';
+import { FORWARD_PATH, StageLink } from './pipeline/stage-link.js';
+import { decodeStageMessage, encodeStageReply } from './pipeline/codec.js';
 
 const id = (b: Buffer) => b;
 const defs = {
