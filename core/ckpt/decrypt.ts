@@ -161,15 +161,36 @@ export function memorySource(uri: string, bytes: Uint8Array): ByteSource {
 export interface DecryptedCheckpoint {
   view: ByteSource;
   mode: DecryptionMode;
-  /** Kept so a later version can decrypt only the segments a plan needs, instead of all of them. */
   segments: Array<CipherSegment & { plainOffset: number; plainLength: number }>;
 }
 
+/** Decrypted segments kept at once by a view (each up to one MindSpore segment, 64 MiB). */
+const CACHED_SEGMENTS = 3;
+
 /**
- * Decrypt [0, end) of an encrypted checkpoint, segment by segment. The decrypted view holds the
- * whole plaintext in memory (MindSpore does the same; peak memory = plaintext size): the ciphers
- * are block-chained per 64 MiB segment, so random access would need per-segment decryption,
- * which the segment index below makes possible later.
+ * The plaintext length of a CBC segment without decrypting all of it: CBC decrypts any block from
+ * the one before it, so the last block (decrypted with the previous cipher block as IV) gives the
+ * PKCS#7 padding. 32 bytes are read per segment.
+ */
+async function cbcPlainLength(source: ByteSource, seg: CipherSegment, key: Uint8Array, uri: string): Promise<number> {
+  const bad = (cause?: unknown) => new ShardserveError('DecryptFailed', `${uri}: encrypted segment at offset ${seg.fileOffset}: ${seg.mode} bad padding (wrong key or corrupted file)`, { file: uri, cause });
+  if (seg.cipherLength < 16 || seg.cipherLength % 16 !== 0) throw bad();
+  const tail = await source.read(seg.cipherOffset + seg.cipherLength - Math.min(32, seg.cipherLength), Math.min(32, seg.cipherLength));
+  const prev = tail.length === 32 ? tail.subarray(0, 16) : seg.iv;
+  const d = createDecipheriv(cipherName(seg.mode, key, uri), key, prev);
+  d.setAutoPadding(false);
+  const last = Buffer.concat([d.update(tail.subarray(tail.length - 16)), d.final()]);
+  const pad = last[15];
+  if (pad < 1 || pad > 16 || !last.subarray(16 - pad).every((b) => b === pad)) throw bad();
+  return seg.cipherLength - pad;
+}
+
+/**
+ * Opens [0, end) of an encrypted checkpoint as a decrypted view with random access. Segment headers
+ * are indexed up front (plus, for CBC, the last block of each segment, which gives its plaintext
+ * length); a read decrypts only the segments it touches, whole (GCM's tag covers a segment), and
+ * keeps the last few. So memory stays near a few segments instead of the whole plaintext (which is
+ * what MindSpore holds), and a rank decrypts the segments holding record headers and its slice.
  */
 export async function decryptCheckpoint(source: ByteSource, end: number, opts: DecryptionOptions | undefined, fileMode: DecryptionMode): Promise<DecryptedCheckpoint> {
   const uri = source.uri;
@@ -179,21 +200,77 @@ export async function decryptCheckpoint(source: ByteSource, end: number, opts: D
   if (opts.mode && opts.mode !== fileMode) {
     throw new ShardserveError('WrongMode', `${uri}: checkpoint is encrypted with ${fileMode}, but ${opts.mode} was given`, { file: uri });
   }
-  cipherName(fileMode, opts.key, uri);
+  const key = opts.key;
+  cipherName(fileMode, key, uri);
   const segments = await indexCipherSegments(source, end);
-  const plain: Buffer[] = [];
   const indexed: DecryptedCheckpoint['segments'] = [];
   let plainOffset = 0;
-  const legacyIv: { length?: GcmIvLength } = {};
   for (const seg of segments) {
     if (seg.mode !== fileMode) {
       throw new ShardserveError('CorruptCiphertext', `${uri}: encrypted segment at offset ${seg.fileOffset} uses ${seg.mode}, the file started with ${fileMode}`, { file: uri });
     }
-    const cipher = await source.read(seg.cipherOffset, seg.cipherLength);
-    const p = decryptSegment(seg, cipher, opts.key, uri, legacyIv);
-    indexed.push({ ...seg, plainOffset, plainLength: p.length });
-    plainOffset += p.length;
-    plain.push(p);
+    // GCM is a stream cipher: the plaintext is as long as the ciphertext.
+    const plainLength = seg.mode === 'AES-GCM' ? seg.cipherLength : await cbcPlainLength(source, seg, key, uri);
+    indexed.push({ ...seg, plainOffset, plainLength });
+    plainOffset += plainLength;
   }
-  return { view: memorySource(uri, Buffer.concat(plain)), mode: fileMode, segments: indexed };
+  const legacyIv: { length?: GcmIvLength } = {};
+  const cache = new Map<number, Promise<Buffer>>();
+  const plainOf = (k: number): Promise<Buffer> => {
+    let p = cache.get(k);
+    if (p) {
+      cache.delete(k); // most recently used goes last
+    } else {
+      const seg = indexed[k];
+      p = source.read(seg.cipherOffset, seg.cipherLength).then((cipher) => {
+        const plain = decryptSegment(seg, cipher, key, uri, legacyIv);
+        if (plain.length !== seg.plainLength) {
+          throw new ShardserveError('CorruptCiphertext', `${uri}: encrypted segment at offset ${seg.fileOffset} decrypts to ${plain.length} bytes, expected ${seg.plainLength}`, { file: uri });
+        }
+        return plain;
+      });
+      p.catch(() => cache.delete(k));
+    }
+    cache.set(k, p);
+    while (cache.size > CACHED_SEGMENTS) cache.delete(cache.keys().next().value!);
+    return p;
+  };
+  // Legacy GCM files decide their IV reading on the first segment: decrypt it before anything else.
+  if (indexed.length > 0) await plainOf(0);
+  const size = plainOffset;
+  let bytesRead = 0;
+  const view: ByteSource = {
+    uri,
+    size,
+    get bytesRead() { return bytesRead; },
+    async read(offset: number, length: number) {
+      if (!(offset >= 0 && length >= 0 && offset + length <= size)) {
+        throw new ShardserveError('OutOfRange', `${uri}: read of ${length} bytes at ${offset} is past the end of the decrypted data (size ${size})`, { file: uri });
+      }
+      const out = Buffer.allocUnsafe(length);
+      // The last segment starting at or before `offset`.
+      let lo = 0;
+      let hi = indexed.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (indexed[mid].plainOffset <= offset) lo = mid;
+        else hi = mid - 1;
+      }
+      for (let at = offset, k = lo; at < offset + length; k++) {
+        const seg = indexed[k];
+        if (seg.plainLength === 0) continue;
+        const plain = await plainOf(k);
+        const from = at - seg.plainOffset;
+        const n = Math.min(seg.plainLength - from, offset + length - at);
+        plain.copy(out, at - offset, from, from + n);
+        at += n;
+      }
+      bytesRead += length;
+      return out;
+    },
+    async close() {
+      cache.clear();
+    },
+  };
+  return { view, mode: fileMode, segments: indexed };
 }

@@ -159,6 +159,29 @@ describe('indexCkpt decryption', () => {
     expect([...(await tensorBytes(ix, 'b'))]).toEqual([1, 2, 3, 4, 5, 6]);
   });
 
+  it.each(modes)('$name: the view reads any range exactly, and decrypts only the segments it touches', async ({ mode, key, legacyGcm, gcmIvLength }) => {
+    // A 192 KiB tensor spread over 48 segments of 4 KiB, then a small one.
+    const big = new Uint8Array(192 * 1024).map((_, i) => (i * 7 + 3) & 0xff);
+    const plain2 = Buffer.concat([ckptRecord('big', 'UInt8', [big.length], big), ckptRecord('b', 'Float16', [3], new Uint8Array([1, 2, 3, 4, 5, 6]))]);
+    const enc = encryptCkpt(plain2, key, mode, { blockSize: 4096, legacyGcm, gcmIvLength });
+    const inner = memorySource('mem/x.ckpt', enc);
+    let cipherRead = 0;
+    const counting = { ...inner, get bytesRead() { return inner.bytesRead; }, read: (o: number, n: number) => ((cipherRead += n), inner.read(o, n)) };
+    const ix = await indexCkpt(counting, { decryption: { key } });
+    expect([...(await tensorBytes(ix, 'b'))]).toEqual([1, 2, 3, 4, 5, 6]);
+    // Headers and the small tensor live in the first and last few segments: the rest stays encrypted.
+    expect(cipherRead).toBeLessThan(enc.length / 4);
+    expect(Buffer.from(await tensorBytes(ix, 'big'))).toEqual(Buffer.from(big));
+    let seed = 11;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
+    for (let i = 0; i < 200; i++) {
+      const offset = rnd(plain2.length);
+      const length = rnd(Math.min(plain2.length - offset, 20_000) + 1);
+      expect(Buffer.from(await ix.source.read(offset, length))).toEqual(plain2.subarray(offset, offset + length));
+    }
+    await expect(ix.source.read(plain2.length - 1, 2)).rejects.toThrow(`mem/x.ckpt: read of 2 bytes at ${plain2.length - 1} is past the end of the decrypted data (size ${plain2.length})`);
+  });
+
   const gcm = encryptCkpt(plain, key16, 'AES-GCM', { blockSize: 40 });
   const tampered = Buffer.from(gcm);
   tampered[tampered.length - 1] ^= 1;
