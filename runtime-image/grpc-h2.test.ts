@@ -121,6 +121,16 @@ describe('gRPC on node:http2 against grpc-js (a real gRPC client)', () => {
     client.close();
   });
 
+  it('carries messages of many MiB both ways in a unary call', async () => {
+    server = createGrpcH2Server({ '/t.E/Echo': { kind: 'unary', decode: id, encodeFramed: frameMessage, handle: (m: Buffer) => m } }, { maxMessageBytes: 64 << 20 });
+    const port = await server.listen('127.0.0.1', 0);
+    const client = new (makeGenericClientConstructor(defs, 'E'))(`127.0.0.1:${port}`, credentials.createInsecure(), { 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 }) as any;
+    const body = Buffer.from(new Uint8Array(24 << 20).map((_, i) => (i * 13) & 0xff));
+    const reply = await new Promise<Buffer>((resolve, reject) => client.Echo(body, (e: ServiceError | null, r: Buffer) => (e ? reject(e) : resolve(r))));
+    expect(reply.equals(body)).toBe(true);
+    client.close();
+  });
+
   it('hands the handler the client deadline, and aborts its signal when the client gives up', async () => {
     slowCalls = [];
     const port = await start();
@@ -168,6 +178,30 @@ describe('gRPC on node:http2 against grpc-js (a real gRPC client)', () => {
 });
 
 describe('StageLink on the rank transport', () => {
+  it('carries large activations both ways with many requests in flight on the one stream', async () => {
+    // An echo: requests and replies of several MiB cross on the stream at the same time (flow control both ways).
+    const server = createGrpcH2Server({
+      [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: (m) => encodeStageReply(m, true), open: (call) => {
+        call.on('data', (m: any) => call.write({ id: m.id, outputs: m.request.tensors, timings: [] }));
+      } },
+    }, { maxMessageBytes: 1 << 30 });
+    const port = await server.listen('127.0.0.1', 0);
+    const link = new StageLink({ address: `127.0.0.1:${port}`, toStage: 1 });
+    const up = new Promise<void>((r) => link.once('connected', () => r()));
+    link.start();
+    await up;
+    for (const [mib, count] of [[16, 2], [2, 40]]) {
+      const tensors = Array.from({ length: count }, (_, k) => ({ name: `a${k}`, datatype: 'UINT8' as const, shape: [mib << 20], data: new Uint8Array(mib << 20).map((_, i) => (i + k) & 0xff) }));
+      const replies = await Promise.all(tensors.map((t) => link.send([t], [], Date.now() + 20_000)));
+      replies.forEach((r, k) => {
+        expect(r.outputs[0].name).toBe(`a${k}`);
+        expect(Buffer.from(r.outputs[0].data).equals(Buffer.from(tensors[k].data))).toBe(true);
+      });
+    }
+    link.close();
+    await server.close(100);
+  });
+
   it('fails every request in flight with Unavailable at once when the peer goes away, then reconnects', async () => {
     let held: Array<() => void> = [];
     const make = () => createGrpcH2Server({

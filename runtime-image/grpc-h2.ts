@@ -18,7 +18,6 @@ const ACCEPT_ENCODING = 'identity,deflate,gzip';
  * activation above that size for a WINDOW_UPDATE round trip) and 1 MiB frames.
  */
 export const H2_SETTINGS: http2.Settings = { initialWindowSize: 16 << 20, maxFrameSize: 1 << 20 };
-const SESSION_WINDOW = 64 << 20;
 
 export class GrpcWireError extends Error {
   constructor(readonly code: number, message: string) {
@@ -175,8 +174,9 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
     sessions.add(session);
     session.on('close', () => sessions.delete(session));
     session.on('error', () => undefined);
-    session.on('connect', () => session.setLocalWindowSize(SESSION_WINDOW));
-    if (!session.connecting) session.setLocalWindowSize(SESSION_WINDOW);
+    // No setLocalWindowSize here: on a server session (Node 20) it stalls a stream that carries
+    // large messages both ways (the first reply never arrives). The connection window still grows
+    // as data is consumed.
   });
   server.on('stream', (stream, headers) => {
     stream.on('error', () => undefined);
