@@ -14,10 +14,13 @@ export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3
 const ACCEPT_ENCODING = 'identity,deflate,gzip';
 
 /**
- * HTTP/2 settings of both ends: 16 MiB flow-control windows (the default 64 KiB would stall every
- * activation above that size for a WINDOW_UPDATE round trip) and 1 MiB frames.
+ * HTTP/2 settings of both ends: 16 MiB stream windows (the default 64 KiB would hold every
+ * activation above that size for WINDOW_UPDATE round trips) and 1 MiB frames. Connection windows:
+ * see createGrpcH2Server.
  */
 export const H2_SETTINGS: http2.Settings = { initialWindowSize: 16 << 20, maxFrameSize: 1 << 20 };
+/** The server's connection-level receive window (see createGrpcH2Server). */
+const SESSION_WINDOW = 64 << 20;
 
 export class GrpcWireError extends Error {
   constructor(readonly code: number, message: string) {
@@ -174,14 +177,20 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
     sessions.add(session);
     session.on('close', () => sessions.delete(session));
     session.on('error', () => undefined);
-    // The server keeps HTTP/2's default 64 KiB connection window (grown as data is consumed, as
-    // with grpc-js). A larger one (setLocalWindowSize: 8 MiB or more, at any point of the session,
-    // with our 16 MiB stream windows) stalls a stream that carries large messages both ways on
-    // Node 20: the first reply never arrives. grpc-h2.test.ts has that case. Measured here on
-    // loopback: 2 x 100 MiB echoed in 1.5 s either way.
   });
+  const widened = new WeakSet<http2.Http2Session>();
   server.on('stream', (stream, headers) => {
     stream.on('error', () => undefined);
+    // A 64 MiB connection window for what clients send (HTTP/2's default 64 KiB caps a stream
+    // at ~64 KiB per round trip, a real limit for activations between hosts). Only this side
+    // widens: with large connection windows on both ends, a stream carrying large messages both
+    // ways stalls on Node 20 (the first reply never arrives; reproduced with bare node:http2).
+    // Set at the session's first stream, once the connection is established.
+    const session = stream.session;
+    if (session && !widened.has(session)) {
+      widened.add(session);
+      session.setLocalWindowSize(SESSION_WINDOW);
+    }
     const contentType = String(headers['content-type'] ?? '');
     if (headers[':method'] !== 'POST' || !contentType.startsWith('application/grpc')) {
       stream.respond({ ':status': 415, 'content-type': 'text/plain' });

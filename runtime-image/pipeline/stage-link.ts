@@ -87,7 +87,8 @@ export class StageLink extends EventEmitter {
     session.once('connect', () => {
       clearTimeout(timer);
       if (this.closed || this.session !== session) return session.destroy();
-      session.setLocalWindowSize(64 << 20);
+      // The connection window stays HTTP/2's default here: the server side is the one that widens
+      // (see createGrpcH2Server; both at once stall large two-way traffic on Node 20).
       opened = true;
       this.keepalive = setInterval(() => {
         const t = setTimeout(() => session.destroy(new Error(`no ping answer within ${KEEPALIVE_TIMEOUT_MS} ms`)), KEEPALIVE_TIMEOUT_MS);
