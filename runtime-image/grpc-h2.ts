@@ -37,6 +37,31 @@ export function frameMessage(body: Uint8Array): Buffer {
   return out;
 }
 
+/** A message ready for the stream: one buffer, or its prefix and its body (written one after the other). */
+export type Framed = Buffer | readonly [Buffer, Uint8Array];
+
+/** Bodies of at least this many bytes are not copied behind their prefix (see framed). */
+const COPY_BELOW = 64 * 1024;
+
+/** `body` as a gRPC message: copied behind its prefix when small, else written as prefix + body. */
+export function framed(body: Uint8Array): Framed {
+  if (body.length < COPY_BELOW) return frameMessage(body);
+  const prefix = Buffer.allocUnsafe(5);
+  prefix[0] = 0;
+  prefix.writeUInt32BE(body.length, 1);
+  return [prefix, body];
+}
+
+function writeFramed(stream: http2.Http2Stream, message: Framed, end: boolean): boolean {
+  if (Buffer.isBuffer(message)) {
+    if (end) stream.end(message);
+    return end || stream.write(message);
+  }
+  stream.write(message[0]);
+  if (end) stream.end(message[1]);
+  return end || stream.write(message[1]);
+}
+
 /**
  * Splits a gRPC byte stream into messages. A message inside one received chunk is handed on as a view
  * of it (no copy); one spread over chunks is copied once. A compressed message is inflated by the
@@ -124,13 +149,13 @@ export interface CallContext {
 }
 
 /**
- * `decode` reads a message body; `encodeFramed` writes a reply with its gRPC prefix (see frameMessage).
+ * `decode` reads a message body; `encodeFramed` makes a reply with its gRPC prefix (see framed).
  * A handler that throws a GrpcWireError answers with its code and message; anything else is INTERNAL.
  */
 export type MethodHandler =
-  | { kind: 'unary'; decode: (b: Buffer) => any; encodeFramed: (m: any) => Buffer; handle: (request: any, ctx: CallContext) => unknown }
-  | { kind: 'serverStream'; decode: (b: Buffer) => any; encodeFramed: (m: any) => Buffer; open: (request: any, call: ServerStreamCall<never, any>, ctx: CallContext) => void }
-  | { kind: 'bidi'; decode: (b: Buffer) => any; encodeFramed: (m: any) => Buffer; open: (call: ServerStreamCall<any, any>) => void };
+  | { kind: 'unary'; decode: (b: Buffer) => any; encodeFramed: (m: any) => Framed; handle: (request: any, ctx: CallContext) => unknown }
+  | { kind: 'serverStream'; decode: (b: Buffer) => any; encodeFramed: (m: any) => Framed; open: (request: any, call: ServerStreamCall<never, any>, ctx: CallContext) => void }
+  | { kind: 'bidi'; decode: (b: Buffer) => any; encodeFramed: (m: any) => Framed; open: (call: ServerStreamCall<any, any>) => void };
 
 /** grpc-timeout ("100m", "5S", ...) as epoch milliseconds; undefined when absent or malformed. */
 export function deadlineOf(timeout: unknown, now = Date.now()): number | undefined {
@@ -279,7 +304,7 @@ function serveOneRequest(stream: http2.ServerHttp2Stream, method: Exclude<Method
       finished = true;
       stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-accept-encoding': ACCEPT_ENCODING }, { waitForTrailers: true });
       stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-      stream.end(reply);
+      writeFramed(stream, reply, true);
     }).catch((e) => {
       if (!stream.destroyed && !finished) fail(e);
     });
@@ -290,7 +315,7 @@ function streamReplies(stream: http2.ServerHttp2Stream, method: Extract<MethodHa
   const call = new EventEmitter() as ServerStreamCall<never, any>;
   stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-accept-encoding': ACCEPT_ENCODING }, { waitForTrailers: true });
   stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-  call.write = (message) => (stream.destroyed || stream.writableEnded ? false : stream.write(method.encodeFramed(message)));
+  call.write = (message) => (stream.destroyed || stream.writableEnded ? false : writeFramed(stream, method.encodeFramed(message), false));
   call.end = () => {
     finish();
     if (!stream.destroyed && !stream.writableEnded) stream.end();
@@ -314,7 +339,7 @@ function serveBidi(stream: http2.ServerHttp2Stream, method: Extract<MethodHandle
   });
   call.write = (message) => {
     if (done || stream.destroyed || stream.writableEnded) return false;
-    return stream.write(method.encodeFramed(message));
+    return writeFramed(stream, method.encodeFramed(message), false);
   };
   call.end = () => {
     if (done) return;

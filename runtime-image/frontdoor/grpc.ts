@@ -3,7 +3,7 @@ import type { DataPlane, InferRequest } from '../dataplane.js';
 import { InferError, asInferError, grpcCodeOf } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
 import type { RankMetrics } from '../metrics.js';
-import { type CallContext, frameMessage, GrpcStatus, GrpcWireError, type MethodHandler } from '../grpc-h2.js';
+import { type CallContext, framed, GrpcStatus, GrpcWireError, type MethodHandler } from '../grpc-h2.js';
 import { services } from '../protos.js';
 import { fromTypedContents, isOipDatatype, type Tensor } from '../tensor.js';
 
@@ -23,7 +23,7 @@ function unaryMethods(def: ServiceDefinition, impls: Record<string, Impl>): Reco
     const handler: MethodHandler = {
       kind: 'unary',
       decode: (b) => m.requestDeserialize(b),
-      encodeFramed: (v) => frameMessage(m.responseSerialize(v)),
+      encodeFramed: (v) => framed(m.responseSerialize(v)),
       handle: async (request, ctx) => {
         try {
           return await impl(request, ctx);
@@ -108,7 +108,7 @@ export function healthMethods(lifecycle: Lifecycle): Record<string, MethodHandle
     [def.Watch.path]: {
       kind: 'serverStream',
       decode: (b) => def.Watch.requestDeserialize(b),
-      encodeFramed: (v) => frameMessage(def.Watch.responseSerialize(v)),
+      encodeFramed: (v) => framed(def.Watch.responseSerialize(v)),
       open: (req, call) => {
         const known = HEALTH_SERVICES.has(req.service);
         let last = '';

@@ -3,7 +3,7 @@ import type { Lifecycle } from '../lifecycle.js';
 import { services } from '../protos.js';
 import type { Tensor } from '../tensor.js';
 import { decodeStageMessage, encodeStageReply } from './codec.js';
-import { frameMessage, type MethodHandler, type ServerStreamCall } from '../grpc-h2.js';
+import { framed, type MethodHandler, type ServerStreamCall } from '../grpc-h2.js';
 import { FORWARD_PATH } from './stage-link.js';
 import type { StageNode } from './stage-node.js';
 import { errorToWire, tensorFromWire, tensorToWire } from './wire.js';
@@ -85,7 +85,7 @@ export function stageServiceImpl(opts: {
       };
       call.on('cancelled', abortAll);
     } },
-    [STATUS_PATH]: { kind: 'unary', decode: (b) => status.requestDeserialize(b), encodeFramed: (m) => frameMessage(status.responseSerialize(m)), handle: () => {
+    [STATUS_PATH]: { kind: 'unary', decode: (b) => status.requestDeserialize(b), encodeFramed: (m) => framed(status.responseSerialize(m)), handle: () => {
       const s = opts.status();
       const l = opts.lifecycle.snapshot();
       return {
