@@ -93,7 +93,8 @@ export class DataPlane {
     return { name: SERVER_NAME, version: SERVER_VERSION, extensions: ['binary_tensor_data', 'health', 'metrics'] };
   }
 
-  private checkModel(name: string, version?: string): void {
+  /** NotFound unless this server serves `name` (and `version`, when given). */
+  checkModel(name: string, version?: string): void {
     if (name !== this.modelName) {
       throw new InferError('NotFound', `model '${name}' is not served here (this server serves '${this.modelName}')`);
     }

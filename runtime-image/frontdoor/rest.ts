@@ -165,6 +165,7 @@ export function restHandler(opts: RestOptions) {
       if (!res.writableFinished) controller.abort();
     });
     try {
+      plane.checkModel(name, version); // before the body: a request for another model is answered without reading it
       const body = await readBody(req, plane.limits.maxMessageBytes + JSON_OVERHEAD);
       const header = req.headers[HEADER_LENGTH];
       const { request, binaryOutputs } = inferRequestFromRest(name, version, body, header === undefined ? undefined : Number(header));

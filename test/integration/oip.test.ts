@@ -166,6 +166,15 @@ describe('REST /v2', () => {
     });
   }
 
+  it('answers an inference request for another model with 404 naming both models, whatever its body', async () => {
+    for (const body of ['{}', '{"inputs": [', JSON.stringify({ inputs: [{ name: 'x', datatype: 'FP32', shape: [2, 16], data: Array.from(x) }] })]) {
+      const r = await post('/v2/models/other/infer', body);
+      expect({ status: r.status, body: JSON.parse(r.bytes.toString()) }).toEqual({ status: 404, body: { error: "model 'other' is not served here (this server serves 'net')" } });
+    }
+    const v = await post('/v2/models/net/versions/7/infer', '{}');
+    expect({ status: v.status, body: JSON.parse(v.bytes.toString()) }).toEqual({ status: 404, body: { error: "model 'net' has no version '7' (versions: 1)" } });
+  });
+
   it('exposes Prometheus metrics: request counts, per-stage latency, load progress', async () => {
     const text = await (await fetch(group.httpBase + '/metrics')).text();
     const sample = (name: string, labels: Record<string, string>) => {
