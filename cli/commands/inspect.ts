@@ -145,7 +145,7 @@ Examples:
       const missing = strategy ? Array.from({ length: strategy.stageCount * strategy.stageDevices }, (_, r) => r).filter((r) => !ranks.has(r)) : [];
       const text = [
         `${target}: ${ranks.size} rank file(s)${strategy ? `; strategy ${strategy.uri}: ${strategy.stageCount} stage(s) × ${strategy.stageDevices} devices${missing.length ? `; MISSING rank(s) ${missing.join(', ')}` : ''}` : ''}`,
-        ...described.map((d) => `rank ${d.rank}  (stage ${strategy ? Math.floor(d.rank / strategy.stageDevices) : '?'})\n${indexText(d, strategy)}`),
+        ...described.map((d) => `rank ${d.rank}${strategy ? `  (stage ${Math.floor(d.rank / strategy.stageDevices)})` : ''}\n${indexText(d, strategy)}`),
       ].join('\n');
       out(text, { kind: 'checkpoint-directory', uri: target, ranks: described, missingRanks: missing, strategy: strategy ? describeStrategy(strategy) : undefined });
       return 0;

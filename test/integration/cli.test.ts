@@ -169,6 +169,10 @@ describe('working commands', () => {
     expect(f.stdout.split('\n')[1]).toMatch(/^ {2}matmul_weight +F32 +\[24,16\] +1\.5 KiB$/);
     const one = await cli(['inspect', join(tutorial, 'ckpt', 'rank_2'), '--json']);
     expect(JSON.parse(one.stdout).files.map((x: { tensors: unknown[] }) => x.tensors.length)).toEqual([3]);
+    const text = (await cli(['inspect', join(tutorial, 'ckpt')])).stdout.split('\n');
+    expect(text.filter((l) => l.startsWith('rank '))).toEqual(['rank 0', 'rank 1', 'rank 2', 'rank 3', 'rank 4', 'rank 5', 'rank 6', 'rank 7']);
+    const staged = (await cli(['inspect', join(tutorial, 'ckpt'), '--strategy', join(tutorial, 'strategy.ckpt')])).stdout.split('\n');
+    expect(staged.filter((l) => l.startsWith('rank ')).slice(0, 2)).toEqual(['rank 0  (stage 0)', 'rank 1  (stage 0)']);
     const d = await cli(['inspect', join(tutorial, 'ckpt'), '--json']);
     expect(JSON.parse(d.stdout).ranks).toHaveLength(8);
     const s = await cli(['inspect', join(tutorial, 'strategy.ckpt'), '--json']);
