@@ -94,18 +94,31 @@ export function typedView(datatype: OipDatatype, data: Uint8Array): Typed {
   }
 }
 
-/** Elements as JSON values (numbers, booleans); 64-bit integers as numbers. */
-export function toJsonData(t: Tensor): Array<number | boolean> {
+/**
+ * The tensor's elements as the text of a flat JSON array. 64-bit integers are written with all their
+ * digits (a JSON number has no size limit; only JavaScript's reading of it does).
+ */
+export function jsonDataText(t: Tensor): string {
   if (t.datatype === 'FP16') throw new InferError('InvalidArgument', `output '${t.name}' is FP16: ask for it with binary_data=true`);
   const v = typedView(t.datatype, t.data);
-  const out: Array<number | boolean> = new Array(v.length);
-  if (t.datatype === 'BOOL') for (let i = 0; i < v.length; i++) out[i] = (v as Uint8Array)[i] !== 0;
-  else for (let i = 0; i < v.length; i++) out[i] = Number(v[i]);
-  return out;
+  if (t.datatype === 'BOOL') return `[${Array.from(v as Uint8Array, (x) => (x !== 0 ? 'true' : 'false')).join(',')}]`;
+  if (v instanceof BigInt64Array || v instanceof BigUint64Array) return `[${Array.from(v, String).join(',')}]`;
+  return JSON.stringify(Array.from(v as Float32Array));
 }
 
-/** Flattened JSON data (possibly nested arrays) as bytes of `datatype`. */
-export function fromJsonData(name: string, datatype: OipDatatype, shape: number[], data: unknown): Uint8Array {
+/** Inclusive bounds of each integer datatype (what its typed array would otherwise wrap silently). */
+const INT_RANGE: Partial<Record<OipDatatype, readonly [bigint, bigint]>> = {
+  UINT8: [0n, 255n], UINT16: [0n, 65535n], UINT32: [0n, 4294967295n], UINT64: [0n, 2n ** 64n - 1n],
+  INT8: [-128n, 127n], INT16: [-32768n, 32767n], INT32: [-2147483648n, 2147483647n], INT64: [-(2n ** 63n), 2n ** 63n - 1n],
+};
+
+/**
+ * Flattened data (possibly nested arrays) as bytes of `datatype`. Integers outside the datatype's range
+ * are refused, not wrapped. `exact64` elements (decimal strings or bigints, from gRPC typed contents) keep
+ * every digit; a JSON number for a 64-bit integer must be a safe integer (|x| < 2^53), because JSON
+ * parsing has already rounded anything larger.
+ */
+export function fromJsonData(name: string, datatype: OipDatatype, shape: number[], data: unknown, exact64 = false): Uint8Array {
   const flat: unknown[] = [];
   const walk = (x: unknown) => {
     if (Array.isArray(x)) for (const y of x) walk(y);
@@ -119,17 +132,29 @@ export function fromJsonData(name: string, datatype: OipDatatype, shape: number[
   if (datatype === 'FP16') throw new InferError('InvalidArgument', `input '${name}': FP16 data must be sent as binary data`);
   const bytes = new Uint8Array(n * OIP_BYTES[datatype]);
   const v = typedView(datatype, bytes);
+  const range = INT_RANGE[datatype];
   for (let i = 0; i < n; i++) {
     const x = flat[i];
     if (datatype === 'BOOL') {
       if (typeof x !== 'boolean' && x !== 0 && x !== 1) throw badElement(name, i, 'a boolean');
       (v as Uint8Array)[i] = x ? 1 : 0;
-    } else if (typeof x !== 'number' || (datatype !== 'FP32' && datatype !== 'FP64' && !Number.isInteger(x))) {
-      throw badElement(name, i, datatype === 'FP32' || datatype === 'FP64' ? 'a number' : 'an integer');
-    } else if (v instanceof BigInt64Array || v instanceof BigUint64Array) {
-      v[i] = BigInt(x);
-    } else {
+    } else if (!range) {
+      if (typeof x !== 'number') throw badElement(name, i, 'a number');
       (v as Float32Array)[i] = x;
+    } else {
+      let b: bigint;
+      if (exact64 && (typeof x === 'string' || typeof x === 'bigint') && /^-?\d+$/.test(String(x))) b = BigInt(x);
+      else if (typeof x === 'number' && Number.isInteger(x)) {
+        if (OIP_BYTES[datatype] === 8 && !Number.isSafeInteger(x)) {
+          throw new InferError('InvalidArgument', `input '${name}': element ${i} of data (${x}) is beyond 2^53, where a JSON number no longer holds a ${datatype} exactly; send this input as binary data`);
+        }
+        b = BigInt(x);
+      } else throw badElement(name, i, 'an integer');
+      if (b < range[0] || b > range[1]) {
+        throw new InferError('InvalidArgument', `input '${name}': element ${i} of data (${b}) is outside the ${datatype} range [${range[0]}, ${range[1]}]`);
+      }
+      if (v instanceof BigInt64Array || v instanceof BigUint64Array) v[i] = b;
+      else (v as Int32Array)[i] = Number(b);
     }
   }
   return bytes;
@@ -157,7 +182,5 @@ export function contentsFieldOf(datatype: OipDatatype): string | undefined {
 export function fromTypedContents(name: string, datatype: OipDatatype, shape: number[], contents: Record<string, unknown[]>): Uint8Array {
   const field = contentsFieldOf(datatype);
   if (!field) throw new InferError('InvalidArgument', `input '${name}': ${datatype} data must be sent in raw_input_contents`);
-  const values = (contents[field] ?? []) as unknown[];
-  const data = datatype === 'INT64' || datatype === 'UINT64' ? values.map((x) => Number(x)) : values;
-  return fromJsonData(name, datatype, shape, data);
+  return fromJsonData(name, datatype, shape, contents[field] ?? [], true);
 }

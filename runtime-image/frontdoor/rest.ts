@@ -3,7 +3,7 @@ import type { DataPlane, InferRequest, InferResponse } from '../dataplane.js';
 import { InferError, asInferError, httpStatusOf } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
 import type { RankMetrics } from '../metrics.js';
-import { byteLengthOf, fromJsonData, isOipDatatype, toJsonData, type Tensor } from '../tensor.js';
+import { byteLengthOf, fromJsonData, isOipDatatype, jsonDataText, type Tensor } from '../tensor.js';
 
 const HEADER_LENGTH = 'inference-header-content-length';
 // JSON framing on top of the tensor bytes a request may carry.
@@ -89,15 +89,17 @@ export function inferRequestFromRest(modelName: string, modelVersion: string | u
 
 function sendInferResponse(res: ServerResponse, r: InferResponse, binary: (name: string) => boolean): void {
   const blobs: Uint8Array[] = [];
+  // Written by hand around each output's data so 64-bit integers keep every digit (see jsonDataText).
   const outputs = r.outputs.map((t) => {
     const base = { name: t.name, datatype: t.datatype, shape: t.shape };
     if (binary(t.name)) {
       blobs.push(t.data);
-      return { ...base, parameters: { binary_data_size: byteLengthOf(t.datatype, t.shape) } };
+      return JSON.stringify({ ...base, parameters: { binary_data_size: byteLengthOf(t.datatype, t.shape) } });
     }
-    return { ...base, data: toJsonData(t) };
+    return `${JSON.stringify(base).slice(0, -1)},"data":${jsonDataText(t)}}`;
   });
-  const json = Buffer.from(JSON.stringify({ model_name: r.modelName, model_version: r.modelVersion, id: r.id, outputs }));
+  const head = JSON.stringify({ model_name: r.modelName, model_version: r.modelVersion, id: r.id });
+  const json = Buffer.from(`${head.slice(0, -1)},"outputs":[${outputs.join(',')}]}`);
   if (blobs.length === 0) {
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': json.length });
     res.end(json);
