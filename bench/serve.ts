@@ -21,7 +21,7 @@ import { startRank } from '../runtime-image/rank.js';
 import { sessionOptions } from '../runtime-image/pipeline/stage-session.js';
 import { freePort, freePortRange } from '../runtime-image/ports.js';
 import { NO_CHANNELZ, services } from '../runtime-image/protos.js';
-import { decodeStageMessage, encodeStageReply } from '../runtime-image/pipeline/codec.js';
+import { decodeStageMessage, frameStageReply } from '../runtime-image/pipeline/codec.js';
 import { createGrpcH2Server, frameMessage } from '../runtime-image/grpc-h2.js';
 import { FORWARD_PATH, StageLink } from '../runtime-image/pipeline/stage-link.js';
 import { cacheDir } from '../test/harness/cache.js';
@@ -124,7 +124,7 @@ function runFloorServer(): void {
   const h2 = createGrpcH2Server({
     [infer.path]: { kind: 'unary', decode: (b) => infer.requestDeserialize(b), encodeFramed: (m) => frameMessage(infer.responseSerialize(m)), handle: (r: any) => (
       { model_name: r.model_name, model_version: '1', id: r.id, outputs: r.inputs.map((t: any) => ({ name: t.name, datatype: t.datatype, shape: t.shape })), raw_output_contents: r.raw_input_contents }) },
-    [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: (m) => encodeStageReply(m, true), open: (call) => {
+    [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: frameStageReply, open: (call) => {
       call.on('data', (m: any) => call.write({ id: m.id, outputs: m.request?.tensors ?? [], timings: [{ stage: 1, compute_us: '0' }] }));
       call.on('end', () => call.end());
     } },

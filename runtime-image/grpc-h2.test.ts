@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { type CallContext, createGrpcH2Server, deadlineOf, frameMessage, framed, GrpcStatus, GrpcWireError, MessageReader, type GrpcH2Server, type ServerStreamCall } from './grpc-h2.js';
 import { FORWARD_PATH, StageLink } from './pipeline/stage-link.js';
-import { decodeStageMessage, encodeStageReply } from './pipeline/codec.js';
+import { decodeStageMessage, frameStageReply } from './pipeline/codec.js';
 
 const id = (b: Buffer) => b;
 const defs = {
@@ -182,7 +182,7 @@ describe('StageLink on the rank transport', () => {
   it('carries large activations both ways with many requests in flight on the one stream', async () => {
     // An echo: requests and replies of several MiB cross on the stream at the same time (flow control both ways).
     const server = createGrpcH2Server({
-      [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: (m) => encodeStageReply(m, true), open: (call) => {
+      [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: frameStageReply, open: (call) => {
         call.on('data', (m: any) => call.write({ id: m.id, outputs: m.request.tensors, timings: [] }));
       } },
     }, { maxMessageBytes: 1 << 30 });
@@ -206,7 +206,7 @@ describe('StageLink on the rank transport', () => {
   it('fails every request in flight with Unavailable at once when the peer goes away, then reconnects', async () => {
     let held: Array<() => void> = [];
     const make = () => createGrpcH2Server({
-      [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: (m) => encodeStageReply(m, true), open: (call) => {
+      [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: frameStageReply, open: (call) => {
         call.on('data', (m: any) => held.push(() => call.write({ id: m.id, outputs: m.request.tensors, timings: [] })));
       } },
     }, { maxMessageBytes: 1 << 20 });

@@ -37,8 +37,8 @@ export function frameMessage(body: Uint8Array): Buffer {
   return out;
 }
 
-/** A message ready for the stream: one buffer, or its prefix and its body (written one after the other). */
-export type Framed = Buffer | readonly [Buffer, Uint8Array];
+/** A message ready for the stream: one buffer, or pieces written one after the other. */
+export type Framed = Buffer | readonly Uint8Array[];
 
 /** Bodies of at least this many bytes are not copied behind their prefix (see framed). */
 const COPY_BELOW = 64 * 1024;
@@ -52,14 +52,16 @@ export function framed(body: Uint8Array): Framed {
   return [prefix, body];
 }
 
-function writeFramed(stream: http2.Http2Stream, message: Framed, end: boolean): boolean {
+/** Writes a framed message (and ends the stream after it when `end`); false when the stream wants a pause. */
+export function writeFramed(stream: http2.Http2Stream, message: Framed, end: boolean): boolean {
   if (Buffer.isBuffer(message)) {
     if (end) stream.end(message);
     return end || stream.write(message);
   }
-  stream.write(message[0]);
-  if (end) stream.end(message[1]);
-  return end || stream.write(message[1]);
+  const last = message.length - 1;
+  for (let i = 0; i < last; i++) stream.write(message[i]);
+  if (end) stream.end(message[last]);
+  return end || stream.write(message[last]);
 }
 
 /**

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { services } from '../protos.js';
-import { decodeStageMessage, decodeStageReply, encodeStageMessage, encodeStageReply } from './codec.js';
+import { decodeStageMessage, decodeStageReply, encodeStageMessage, encodeStageReply, frameStageMessage, frameStageReply, ZERO_COPY_MIN } from './codec.js';
 
 // The hand-written codec must speak exactly rank.proto's wire format: checked both ways against
 // protobufjs (through proto-loader's definitions of the same messages).
@@ -39,6 +39,26 @@ describe('rank.proto codec', () => {
       expect(norm({ ...decoded, outputs: decoded.outputs.map((t) => ({ ...t, shape: t.shape.map(String) })) })).toEqual(norm(r));
     });
   }
+  it('frames a message as prefix + the same bytes, large tensor bytes referenced instead of copied', () => {
+    const big = Buffer.from(Array.from({ length: ZERO_COPY_MIN + 3 }, (_, i) => i % 253));
+    const small = Buffer.from([1, 2, 3, 4]);
+    const m = { id: '9', request: { tensors: [{ name: 'a', datatype: 'FP32', shape: ['1', '4'], data: small }, { name: 'h', datatype: 'UINT8', shape: [String(big.length)], data: big }, { name: 'g', datatype: 'UINT8', shape: [String(big.length)], data: big }], budget_us: '5', outputs: ['y'] } };
+    const r = { id: '9', outputs: [{ name: 'y', datatype: 'UINT8', shape: [String(big.length)], data: big }], error: null, timings: [{ stage: 1, compute_us: '7' }] };
+    for (const [pieces, body, bigPieces] of [[frameStageMessage(m), encodeStageMessage(m), 2], [frameStageReply(r), encodeStageReply(r), 1]] as const) {
+      expect(Array.isArray(pieces)).toBe(true);
+      const list = pieces as Uint8Array[];
+      const prefix = Buffer.alloc(5);
+      prefix.writeUInt32BE(body.length, 1);
+      expect(Buffer.concat(list)).toEqual(Buffer.concat([prefix, body]));
+      expect(list.filter((p) => p === big).length).toBe(bigPieces);
+      expect(list.some((p) => p === small)).toBe(false);
+    }
+    // Without a large tensor: one buffer, prefix included.
+    const one = frameStageMessage({ id: '2', cancel: true });
+    expect(Buffer.isBuffer(one)).toBe(true);
+    expect(one).toEqual(Buffer.concat([Buffer.from([0, 0, 0, 0, encodeStageMessage({ id: '2', cancel: true }).length]), encodeStageMessage({ id: '2', cancel: true })]));
+  });
+
   it('refuses a truncated message', () => {
     const bytes = encodeStageMessage(messages['a request with two tensors, a budget and requested outputs'] as any);
     expect(() => decodeStageMessage(bytes.subarray(0, bytes.length - 10))).toThrow(/truncated/);

@@ -18,9 +18,22 @@ function varintSize(n: number): number {
   return size;
 }
 
+/** Tensor bytes at least this long are not copied into the encoded message (see Writer). */
+export const ZERO_COPY_MIN = 16 * 1024;
+
+/**
+ * Writes a message into one buffer, except that, when `zeroCopyMin` is finite, `bytes` fields of at
+ * least that many bytes are not copied: the message then comes out as pieces (the buffer's stretches
+ * between such fields, and the fields' own bytes) to be written to the stream one after the other.
+ */
 class Writer {
-  pos = 0;
-  constructor(readonly buf: Buffer) {}
+  pos: number;
+  private segStart: number;
+  private readonly pieces: Uint8Array[] = [];
+  constructor(readonly buf: Buffer, start = 0, private readonly zeroCopyMin = Infinity) {
+    this.pos = start;
+    this.segStart = 0;
+  }
   varint(n: number): void {
     while (n >= 128) {
       this.buf[this.pos++] = (n % 128) | 128;
@@ -31,15 +44,27 @@ class Writer {
   tag(field: number, wire: number): void {
     this.varint(field * 8 + wire);
   }
-  bytes(field: number, b: Uint8Array): void {
+  /** `tensorData`: may be left uncopied (only tensor bytes are: see uncopied). */
+  bytes(field: number, b: Uint8Array, tensorData = false): void {
     this.tag(field, LEN);
     this.varint(b.byteLength);
+    if (tensorData && b.byteLength >= this.zeroCopyMin) {
+      this.pieces.push(this.buf.subarray(this.segStart, this.pos), b);
+      this.segStart = this.pos;
+      return;
+    }
     this.buf.set(b, this.pos);
     this.pos += b.byteLength;
   }
   string(field: number, s: string): void {
     if (!s) return;
     this.bytes(field, Buffer.from(s, 'utf8'));
+  }
+  /** The whole buffer, or the pieces in order when some bytes were not copied. */
+  finish(): Buffer | Uint8Array[] {
+    if (this.pieces.length === 0) return this.buf;
+    this.pieces.push(this.buf.subarray(this.segStart, this.pos));
+    return this.pieces;
   }
 }
 
@@ -78,7 +103,7 @@ function writeTensor(w: Writer, field: number, t: WireTensor): void {
     w.varint(shapeBody(t.shape));
     for (const d of t.shape) w.varint(Number(d));
   }
-  if (t.data.byteLength) w.bytes(4, t.data);
+  if (t.data.byteLength) w.bytes(4, t.data, true);
 }
 
 export interface StageMessageObject {
@@ -94,21 +119,52 @@ export interface StageReplyObject {
   timings: Array<{ stage: number; compute_us: string }>;
 }
 
-/**
- * A writer over a buffer of `size` bytes, after a gRPC message prefix (5 bytes: uncompressed flag,
- * big-endian length) when `framed`: the message goes onto a gRPC stream as it is, with no second copy.
- */
-function writerFor(size: number, framed: boolean): Writer {
-  if (!framed) return new Writer(Buffer.allocUnsafe(size));
-  const buf = Buffer.allocUnsafe(5 + size);
-  buf[0] = 0;
-  buf.writeUInt32BE(size, 1);
-  const w = new Writer(buf);
-  w.pos = 5;
-  return w;
+/** Bytes of tensor data in `tensors` that a writer with `zeroCopyMin` leaves uncopied. */
+function uncopied(tensors: readonly WireTensor[], zeroCopyMin: number): number {
+  let n = 0;
+  for (const t of tensors) if (t.data.byteLength >= zeroCopyMin) n += t.data.byteLength;
+  return n;
 }
 
-export function encodeStageMessage(m: StageMessageObject, framed = false): Buffer {
+/**
+ * A writer for a message of `size` bytes, after a gRPC message prefix (5 bytes: uncompressed flag,
+ * big-endian length) when `framed`, so the message goes onto a gRPC stream as it is. With
+ * `zeroCopyMin`, large tensor bytes are referenced rather than copied (see Writer).
+ */
+function writerFor(size: number, framed: boolean, tensors: readonly WireTensor[], zeroCopyMin = Infinity): Writer {
+  const own = size - uncopied(tensors, zeroCopyMin);
+  if (!framed) return new Writer(Buffer.allocUnsafe(own), 0, zeroCopyMin);
+  const buf = Buffer.allocUnsafe(5 + own);
+  buf[0] = 0;
+  buf.writeUInt32BE(size, 1);
+  return new Writer(buf, 5, zeroCopyMin);
+}
+
+/** A StageMessage as one buffer (no gRPC prefix). */
+export function encodeStageMessage(m: StageMessageObject): Buffer {
+  return writeStageMessage(m, false) as Buffer;
+}
+
+/**
+ * A StageMessage with its gRPC prefix, ready for the stream: one buffer, or pieces in order when it
+ * carries tensors of ZERO_COPY_MIN bytes or more (their bytes are referenced, not copied, so they
+ * must not change until written; tensors never change once made).
+ */
+export function frameStageMessage(m: StageMessageObject): Buffer | Uint8Array[] {
+  return writeStageMessage(m, true, ZERO_COPY_MIN);
+}
+
+/** A StageReply as one buffer (no gRPC prefix). */
+export function encodeStageReply(r: StageReplyObject): Buffer {
+  return writeStageReply(r, false) as Buffer;
+}
+
+/** A StageReply with its gRPC prefix, as frameStageMessage. */
+export function frameStageReply(r: StageReplyObject): Buffer | Uint8Array[] {
+  return writeStageReply(r, true, ZERO_COPY_MIN);
+}
+
+function writeStageMessage(m: StageMessageObject, framed: boolean, zeroCopyMin = Infinity): Buffer | Uint8Array[] {
   const id = Number(m.id);
   let size = id ? varintSize(8) + varintSize(id) : 0;
   let reqSize = 0;
@@ -120,7 +176,7 @@ export function encodeStageMessage(m: StageMessageObject, framed = false): Buffe
     size += lenField(2, reqSize);
   }
   if (m.cancel) size += 2;
-  const w = writerFor(size, framed);
+  const w = writerFor(size, framed, m.request?.tensors ?? [], zeroCopyMin);
   if (id) {
     w.tag(1, VARINT);
     w.varint(id);
@@ -140,10 +196,10 @@ export function encodeStageMessage(m: StageMessageObject, framed = false): Buffe
     w.tag(3, VARINT);
     w.varint(1);
   }
-  return w.buf;
+  return w.finish();
 }
 
-export function encodeStageReply(r: StageReplyObject, framed = false): Buffer {
+function writeStageReply(r: StageReplyObject, framed: boolean, zeroCopyMin = Infinity): Buffer | Uint8Array[] {
   const id = Number(r.id);
   let size = id ? 1 + varintSize(id) : 0;
   for (const t of r.outputs) size += lenField(2, tensorSize(t));
@@ -151,7 +207,7 @@ export function encodeStageReply(r: StageReplyObject, framed = false): Buffer {
   if (r.error) size += lenField(3, errSize);
   const timingSizes = r.timings.map((t) => (t.stage ? 1 + varintSize(t.stage) : 0) + (Number(t.compute_us) ? 1 + varintSize(Number(t.compute_us)) : 0));
   for (const n of timingSizes) size += lenField(4, n);
-  const w = writerFor(size, framed);
+  const w = writerFor(size, framed, r.outputs, zeroCopyMin);
   if (id) {
     w.tag(1, VARINT);
     w.varint(id);
@@ -175,7 +231,7 @@ export function encodeStageReply(r: StageReplyObject, framed = false): Buffer {
       w.varint(Number(t.compute_us));
     }
   });
-  return w.buf;
+  return w.finish();
 }
 
 class Reader {

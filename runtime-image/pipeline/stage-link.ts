@@ -2,8 +2,8 @@ import { EventEmitter } from 'node:events';
 import * as http2 from 'node:http2';
 import { InferError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { decodeStageReply, encodeStageMessage, type StageMessageObject } from './codec.js';
-import { decodeGrpcMessage, GrpcStatus, H2_SETTINGS, MessageReader } from '../grpc-h2.js';
+import { decodeStageReply, frameStageMessage, type StageMessageObject } from './codec.js';
+import { decodeGrpcMessage, GrpcStatus, H2_SETTINGS, MessageReader, writeFramed } from '../grpc-h2.js';
 import { errorFromWire, tensorFromWire, tensorToWire, type StageTiming } from './wire.js';
 
 export interface StageLinkOptions {
@@ -236,7 +236,7 @@ export class StageLink extends EventEmitter {
   }
 
   private write(stream: http2.ClientHttp2Stream, message: StageMessageObject): void {
-    stream.write(encodeStageMessage(message, true));
+    writeFramed(stream, frameStageMessage(message), false);
   }
 
   private cancelRemote(id: string): void {

@@ -2,7 +2,7 @@ import { InferError, asInferError } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
 import { services } from '../protos.js';
 import type { Tensor } from '../tensor.js';
-import { decodeStageMessage, encodeStageReply } from './codec.js';
+import { decodeStageMessage, frameStageReply } from './codec.js';
 import { framed, type MethodHandler, type ServerStreamCall } from '../grpc-h2.js';
 import { FORWARD_PATH } from './stage-link.js';
 import type { StageNode } from './stage-node.js';
@@ -34,7 +34,7 @@ export function stageServiceImpl(opts: {
   // Status is rare: proto-loader's codec; Forward is the hot path: the hand codec.
   const status = (services().stageProtoLoader.service as any).Status;
   return {
-    [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: (m) => encodeStageReply(m, true), open: (call: ServerStreamCall<any, any>) => {
+    [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: frameStageReply, open: (call: ServerStreamCall<any, any>) => {
       const inflight = new Map<string, AbortController>();
       let ended = false;
       const finishIfDone = () => {
