@@ -4,15 +4,10 @@ import { fromJsonData, fromTypedContents, jsonDataText, type OipDatatype } from 
 
 const le64 = (...xs: bigint[]) => Buffer.from(new BigInt64Array(xs).buffer);
 
+/** `fn` throws an InferError of kind InvalidArgument with exactly `message`. */
 function rejects(fn: () => unknown, message: string) {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(InferError);
-  expect({ kind: (err as InferError).kind, message: (err as Error).message }).toEqual({ kind: 'InvalidArgument', message });
+  expect(fn).toThrow(expect.objectContaining({ kind: 'InvalidArgument', message }));
+  expect(fn).toThrow(InferError);
 }
 
 describe('OIP tensor data', () => {
