@@ -1,8 +1,8 @@
 /**
  * Hand-written protobuf codec for the hot rank-to-rank messages (StageMessage, StageReply of
- * proto/rank.proto): the same wire format the .proto defines, but tensor bytes are written with one
- * copy and read as views, with no object conversion pass. Everything else in rank.proto goes through
- * proto-loader as usual.
+ * proto/rank.proto): the same wire format the .proto defines, but tensor bytes are read as views and
+ * written with at most one copy (none for large tensors when framing for the stream: see Writer),
+ * with no object conversion pass. Everything else in rank.proto goes through proto-loader as usual.
  */
 
 // Wire types.
