@@ -8,6 +8,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
+import { constants, PerformanceObserver } from 'node:perf_hooks';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
@@ -265,6 +266,20 @@ async function withGroup<T>(dir: string, net: SampleNetwork, stages: number, fn:
   }
 }
 
+/** Main-thread GC pauses from now until stop(): total milliseconds and the number of mark-compacts. */
+function gcPauses(): { stop: () => { ms: number; major: number } } {
+  let ms = 0;
+  let major = 0;
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      ms += e.duration;
+      if ((e as any).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR) major++;
+    }
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  return { stop: () => (obs.disconnect(), { ms, major }) };
+}
+
 /** Every rank of the group inside this process: the hop's code path without OS scheduling between processes. */
 async function withInProcessGroup<T>(dir: string, net: SampleNetwork, stages: number, fn: (grpc: string) => Promise<T>): Promise<T> {
   const fixture = writeServeFixture(join(dir, `${net.model.graph!.name}-inproc-${stages}`), net, stages);
@@ -384,15 +399,21 @@ async function main() {
   }
   const inProcP50: Record<number, number> = {};
   const inProcCpu: Record<number, number> = {};
+  const inProcGc: Record<number, { pause_ms_per_request: number; major_per_100_requests: number }> = {};
   for (const stages of [1, 2, 4]) {
-    [inProcP50[stages], inProcCpu[stages]] = await withInProcessGroup(dir, hop, stages, async (grpcAddr) => {
+    [inProcP50[stages], inProcCpu[stages], inProcGc[stages]] = await withInProcessGroup(dir, hop, stages, async (grpcAddr) => {
       const g = grpcInfer(grpcAddr, 'net', 'x', hopInput.dims, hopInput.data);
+      const gc = gcPauses();
       const cpu0 = process.cpuUsage();
       const s = await loadMedian(g.once, N1, 1);
       const cpu = process.cpuUsage(cpu0);
+      const pauses = gc.stop();
       g.close();
       // CPU time (user + system) this process spent per request: client, front door and every stage.
-      return [s.p50_ms, (cpu.user + cpu.system) / 1000 / (REPEATS * (N1 + WARMUP))];
+      const requests = REPEATS * (N1 + WARMUP);
+      return [s.p50_ms, (cpu.user + cpu.system) / 1000 / requests, {
+        pause_ms_per_request: Math.round((pauses.ms / requests) * 1000) / 1000, major_per_100_requests: Math.round((pauses.major * 100 * 10) / requests) / 10,
+      }] as const;
     });
   }
   const perHop2 = hopP50[2] - hopP50[1];
@@ -429,6 +450,8 @@ async function main() {
         added_p50_ms_per_hop_from_4_stages: r3((inProcP50[4] - inProcP50[1]) / 3),
         cpu_ms_per_request_by_stages: Object.fromEntries(Object.entries(inProcCpu).map(([k, v]) => [k, r3(v)])),
         added_cpu_ms_per_hop_from_4_stages: r3((inProcCpu[4] - inProcCpu[1]) / 3),
+        gc_by_stages: inProcGc,
+        gc_note: 'main-thread GC pauses (perf_hooks gc entries) per request, and mark-compacts per 100 requests: with ArrayBuffers as the garbage, V8 starts mark-compacts on external memory long before its heap limit',
         note: 'all ranks in one process (same gRPC streams over loopback, same code): no scheduling between processes. The CPU time per hop is what a hop costs on an idle core, whatever the machine\'s load',
       },
     },
