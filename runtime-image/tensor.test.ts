@@ -23,6 +23,13 @@ describe('OIP tensor data', () => {
     expect(jsonDataText({ name: 'y', datatype: 'INT64', shape: [3], data })).toBe('[9007199254740993,-5,9223372036854775807]');
     expect(jsonDataText({ name: 'b', datatype: 'BOOL', shape: [3], data: new Uint8Array([1, 0, 2]) })).toBe('[true,false,true]');
     expect(jsonDataText({ name: 'f', datatype: 'FP32', shape: [2], data: new Uint8Array(new Float32Array([0.5, -2]).buffer) })).toBe('[0.5,-2]');
+    // Floats and narrow integers: exactly JSON.stringify's text, non-finite values included.
+    const f = new Float32Array([0.1, -0, NaN, Infinity, -Infinity, 3.4028234663852886e38, 1e-45, -2.5]);
+    expect(jsonDataText({ name: 'f', datatype: 'FP32', shape: [8], data: new Uint8Array(f.buffer) })).toBe(JSON.stringify(Array.from(f)));
+    const d = new Float64Array([1 / 3, -1e300, NaN]);
+    expect(jsonDataText({ name: 'd', datatype: 'FP64', shape: [3], data: new Uint8Array(d.buffer) })).toBe('[0.3333333333333333,-1e+300,null]');
+    const i8 = new Int8Array([-128, 0, 127]);
+    expect(jsonDataText({ name: 'i', datatype: 'INT8', shape: [3], data: new Uint8Array(i8.buffer) })).toBe('[-128,0,127]');
   });
 
   it('refuses integers outside the datatype instead of wrapping them', () => {
