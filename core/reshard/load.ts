@@ -56,8 +56,7 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
     return full();
   }
   const ranks = [...needed].sort((a, b) => a - b);
-  const indexes = new Map<number, CheckpointIndex>();
-  await Promise.all(ranks.map(async (r) => void indexes.set(r, await source.index(r)!)));
+  const indexes = await source.indexesOf(ranks);
   const files = new Map(ranks.map((r) => [r, fileOf(r, indexes.get(r)!)]));
   try {
     return { plan: planRank({ source: source.strategy, files, destination, rank }), indexes };

@@ -106,19 +106,35 @@ export class CheckpointSource {
     return p;
   }
 
+  /**
+   * Indexes of the given present ranks, 8 at a time. When files fail, the error is that of the
+   * lowest failing rank, whichever finished first: the same input always gives the same message.
+   */
+  async indexesOf(ranks: readonly number[]): Promise<Map<number, CheckpointIndex>> {
+    const sorted = [...ranks].sort((a, b) => a - b);
+    const indexes = new Map<number, CheckpointIndex>();
+    const failures = new Map<number, unknown>();
+    let next = 0;
+    const worker = async () => {
+      while (next < sorted.length && failures.size === 0) {
+        const rank = sorted[next++];
+        try {
+          indexes.set(rank, await this.index(rank)!);
+        } catch (e) {
+          failures.set(rank, e);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(8, sorted.length) }, worker));
+    if (failures.size > 0) throw failures.get(Math.min(...failures.keys()));
+    return indexes;
+  }
+
   /** Indexes of every present file of the given source stages, a few at a time. */
   async filesOf(stages: number[]): Promise<{ files: Map<number, SourceFile>; indexes: Map<number, CheckpointIndex> }> {
     const ranks: number[] = [];
     for (const s of stages) for (let l = 0; l < this.strategy.stageDevices; l++) if (this.rankKeys.has(s * this.strategy.stageDevices + l)) ranks.push(s * this.strategy.stageDevices + l);
-    const indexes = new Map<number, CheckpointIndex>();
-    let next = 0;
-    const worker = async () => {
-      while (next < ranks.length) {
-        const rank = ranks[next++];
-        indexes.set(rank, await this.index(rank)!);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(8, ranks.length) }, worker));
+    const indexes = await this.indexesOf(ranks);
     const files = new Map<number, SourceFile>();
     for (const rank of ranks) {
       const index = indexes.get(rank)!;
