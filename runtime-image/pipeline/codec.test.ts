@@ -53,6 +53,10 @@ describe('rank.proto codec', () => {
       expect(list.filter((p) => p === big).length).toBe(bigPieces);
       expect(list.some((p) => p === small)).toBe(false);
     }
+    // A large tensor as the very last bytes: no empty piece is written after it.
+    const tail = frameStageReply({ id: '1', outputs: [{ name: 'y', datatype: 'UINT8', shape: [String(big.length)], data: big }], error: null, timings: [] }) as Uint8Array[];
+    expect(tail.at(-1)).toBe(big);
+    expect(tail.every((p) => p.length > 0)).toBe(true);
     // Without a large tensor: one buffer, prefix included.
     const one = frameStageMessage({ id: '2', cancel: true });
     expect(Buffer.isBuffer(one)).toBe(true);

@@ -49,7 +49,8 @@ class Writer {
     this.tag(field, LEN);
     this.varint(b.byteLength);
     if (tensorData && b.byteLength >= this.zeroCopyMin) {
-      this.pieces.push(this.buf.subarray(this.segStart, this.pos), b);
+      if (this.pos > this.segStart) this.pieces.push(this.buf.subarray(this.segStart, this.pos));
+      this.pieces.push(b);
       this.segStart = this.pos;
       return;
     }
@@ -63,7 +64,7 @@ class Writer {
   /** The whole buffer, or the pieces in order when some bytes were not copied. */
   finish(): Buffer | Uint8Array[] {
     if (this.pieces.length === 0) return this.buf;
-    this.pieces.push(this.buf.subarray(this.segStart, this.pos));
+    if (this.pos > this.segStart) this.pieces.push(this.buf.subarray(this.segStart, this.pos));
     return this.pieces;
   }
 }
