@@ -140,6 +140,7 @@ export function fromJsonData(name: string, datatype: OipDatatype, shape: number[
   const bytes = new Uint8Array(n * OIP_BYTES[datatype]);
   const v = typedView(datatype, bytes);
   const range = INT_RANGE[datatype];
+  const [lo, hi] = range ? [Number(range[0]), Number(range[1])] : [0, 0];
   for (let i = 0; i < n; i++) {
     const x = flat[i];
     if (datatype === 'BOOL') {
@@ -148,23 +149,29 @@ export function fromJsonData(name: string, datatype: OipDatatype, shape: number[
     } else if (!range) {
       if (typeof x !== 'number') throw badElement(name, i, 'a number');
       (v as Float32Array)[i] = x;
+    } else if (!(v instanceof BigInt64Array || v instanceof BigUint64Array)) {
+      // Up to 32 bits: plain numbers, no BigInt per element.
+      if (typeof x !== 'number' || !Number.isInteger(x)) throw badElement(name, i, 'an integer');
+      if (x < lo || x > hi) throw outOfRange(name, i, BigInt(x), datatype, range);
+      (v as Int32Array)[i] = x;
     } else {
       let b: bigint;
       if (exact64 && (typeof x === 'string' || typeof x === 'bigint') && /^-?\d+$/.test(String(x))) b = BigInt(x);
       else if (typeof x === 'number' && Number.isInteger(x)) {
-        if (OIP_BYTES[datatype] === 8 && !Number.isSafeInteger(x)) {
+        if (!Number.isSafeInteger(x)) {
           throw new InferError('InvalidArgument', `input '${name}': element ${i} of data (${x}) is beyond 2^53, where a JSON number no longer holds a ${datatype} exactly; send this input as binary data`);
         }
         b = BigInt(x);
       } else throw badElement(name, i, 'an integer');
-      if (b < range[0] || b > range[1]) {
-        throw new InferError('InvalidArgument', `input '${name}': element ${i} of data (${b}) is outside the ${datatype} range [${range[0]}, ${range[1]}]`);
-      }
-      if (v instanceof BigInt64Array || v instanceof BigUint64Array) v[i] = b;
-      else (v as Int32Array)[i] = Number(b);
+      if (b < range[0] || b > range[1]) throw outOfRange(name, i, b, datatype, range);
+      v[i] = b;
     }
   }
   return bytes;
+}
+
+function outOfRange(name: string, i: number, x: bigint, datatype: OipDatatype, range: readonly [bigint, bigint]): InferError {
+  return new InferError('InvalidArgument', `input '${name}': element ${i} of data (${x}) is outside the ${datatype} range [${range[0]}, ${range[1]}]`);
 }
 
 function badElement(name: string, i: number, what: string): InferError {
