@@ -21,6 +21,9 @@ function varintSize(n: number): number {
 /** Tensor bytes at least this long are not copied into the encoded message (see Writer). */
 export const ZERO_COPY_MIN = 16 * 1024;
 
+/** The one rule for which tensor bytes a writer leaves uncopied (its buffer is sized by it too). */
+const leftUncopied = (b: Uint8Array, zeroCopyMin: number) => b.byteLength >= zeroCopyMin;
+
 /**
  * Writes a message into one buffer, except that, when `zeroCopyMin` is finite, `bytes` fields of at
  * least that many bytes are not copied: the message then comes out as pieces (the buffer's stretches
@@ -48,7 +51,7 @@ class Writer {
   bytes(field: number, b: Uint8Array, tensorData = false): void {
     this.tag(field, LEN);
     this.varint(b.byteLength);
-    if (tensorData && b.byteLength >= this.zeroCopyMin) {
+    if (tensorData && leftUncopied(b, this.zeroCopyMin)) {
       if (this.pos > this.segStart) this.pieces.push(this.buf.subarray(this.segStart, this.pos));
       this.pieces.push(b);
       this.segStart = this.pos;
@@ -123,7 +126,7 @@ export interface StageReplyObject {
 /** Bytes of tensor data in `tensors` that a writer with `zeroCopyMin` leaves uncopied. */
 function uncopied(tensors: readonly WireTensor[], zeroCopyMin: number): number {
   let n = 0;
-  for (const t of tensors) if (t.data.byteLength >= zeroCopyMin) n += t.data.byteLength;
+  for (const t of tensors) if (leftUncopied(t.data, zeroCopyMin)) n += t.data.byteLength;
   return n;
 }
 
