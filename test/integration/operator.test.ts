@@ -228,7 +228,10 @@ describe('the operator against a real control plane', () => {
       const sel = `?labelSelector=${encodeURIComponent('inference.shardserve.io/name=llm')}`;
       const lists = await Promise.all(['/api/v1/namespaces/NS/configmaps', '/api/v1/namespaces/NS/services', '/apis/apps/v1/namespaces/NS/statefulsets', '/apis/discovery.k8s.io/v1/namespaces/NS/endpointslices'].map((p) => api.get(p.replace('NS', ns) + sel)));
       const di = await getDi(ns, 'llm');
-      return [...lists.flatMap((l) => l.items.map((o: Json) => `${o.kind ?? ''}${o.metadata.name}@${o.metadata.resourceVersion}`)), `dinf@${di.metadata!.resourceVersion}`].sort();
+      // EndpointSlices that kube-controller-manager keeps for a Service (they inherit its labels) are
+      // not the operator's: that controller may still update them after the group is Ready.
+      const ours = (o: Json) => o.metadata.labels?.['endpointslice.kubernetes.io/managed-by'] !== 'endpointslice-controller.k8s.io';
+      return [...lists.flatMap((l) => l.items.filter(ours).map((o: Json) => `${o.kind ?? ''}${o.metadata.name}@${o.metadata.resourceVersion}`)), `dinf@${di.metadata!.resourceVersion}`].sort();
     };
     const before = await snapshot();
     await op.stop();
