@@ -8,7 +8,8 @@ import { mlpNetwork } from '../../core/onnx/sample-networks.js';
 import { LocalGroup } from '../../runtime-image/local-group.js';
 import { call, oipClient, type OipClient } from './serve-client.js';
 import { fixtureConfig, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
-import { bytesOf, freePortBlock, freePorts } from './serve-models.js';
+import { freePortBlock, freePorts } from '../harness/ports.js';
+import { bytesOf } from './serve-models.js';
 
 // Real rank processes under `shardserve up`'s supervisor. The network is big enough (tens of ms per
 // request) that requests really are in flight inside a stage when it is killed.

@@ -8,7 +8,7 @@ import { buildManifest, openCheckpointObject, writeManifest } from '../../core/c
 import { readTensorBytes } from '../../core/checkpoint/read.js';
 import { readRanges } from '../../core/storage/ranged-read.js';
 import { openStorage } from '../../core/storage/storage.js';
-import { freePort } from '../harness/minio.js';
+import { freePort } from '../harness/ports.js';
 import { makeCheckpointDir, serveDir, type FileServer } from './storage-servers.js';
 
 let dir: string;

@@ -17,7 +17,7 @@ import { defaultConfig, runOperator, type RunningOperator } from '../../operator
 import { resource } from '../../operator/testing/wrappers.js';
 import { kubectl, startControlPlane, type ControlPlane } from '../harness/k8s/cluster.js';
 import { adminApi, applyResource, diPath, eventually, listPods, newNamespace, setPodRunning } from '../harness/k8s/testing.js';
-import { freePortBlock, freePorts } from './serve-models.js';
+import { freePortBlock, freePorts } from '../harness/ports.js';
 
 const repo = join(import.meta.dirname, '..', '..');
 const examples = join(repo, 'examples');

@@ -10,7 +10,8 @@ import type { ByteSource } from '../../core/storage/source.js';
 import { S3Client, openS3Storage } from '../../core/storage/s3.js';
 import { openStorage } from '../../core/storage/storage.js';
 import { createTensorFileWriter } from '../../core/checkpoint/writer.js';
-import { freePort, startS3Server, uploadDir, type S3Server } from '../harness/minio.js';
+import { startS3Server, uploadDir, type S3Server } from '../harness/minio.js';
+import { freePort } from '../harness/ports.js';
 import { countingProxy, makeCheckpointDir, type Proxy } from './storage-servers.js';
 
 let work: string;

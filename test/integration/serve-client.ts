@@ -4,7 +4,7 @@ import type { RankConfig } from '../../core/deployment.js';
 import { services } from '../../runtime-image/protos.js';
 import type { PipelineSpec } from '../../runtime-image/pipeline/spec.js';
 import { startRank, type RankHandle, type RankOptions } from '../../runtime-image/rank.js';
-import { freePortBlock, freePorts } from './serve-models.js';
+import { freePortBlock, freePorts } from '../harness/ports.js';
 
 export type OipClient = Client & Record<string, any>;
 

@@ -2,7 +2,6 @@
 // as a pipeline inside one process (the rank processes' code, loopback ports) or on one onnxruntime
 // session (the single-device oracle).
 import * as ort from 'onnxruntime-node';
-import { createServer } from 'node:net';
 import { GraphBuilder, seededFloats } from '../../core/onnx/graph-builder.js';
 import { serializeOnnx, type OnnxModel } from '../../core/onnx/model.js';
 import { inferTensorTypes } from '../../core/onnx/shapes.js';
@@ -124,27 +123,3 @@ export function bytesOf(t: ort.Tensor): Buffer {
   return Buffer.from(d.buffer, d.byteOffset, d.byteLength);
 }
 
-/** Free loopback TCP ports (closed again before returning; fine for tests on one machine). */
-export async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<import('node:net').Server>((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => resolve(s));
-  })));
-  const ports = servers.map((s) => (s.address() as import('node:net').AddressInfo).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
-
-/** A consecutive block of free ports starting at the returned one (for `{port}` = base + rank). */
-export async function freePortBlock(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * 30000);
-    const ok = await Promise.all(Array.from({ length: n }, (_, i) => new Promise<boolean>((resolve) => {
-      const s = createServer();
-      s.once('error', () => resolve(false));
-      s.listen(base + i, '127.0.0.1', () => s.close(() => resolve(true)));
-    })));
-    if (ok.every(Boolean)) return base;
-  }
-  throw new Error('no block of free loopback ports found');
-}

@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { transformerNetwork } from '../../core/onnx/sample-networks.js';
 import { ensurePythonVenv, runPython } from '../harness/python.js';
 import { singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
-import { bytesOf, freePortBlock, freePorts } from './serve-models.js';
+import { freePortBlock, freePorts } from '../harness/ports.js';
+import { bytesOf } from './serve-models.js';
 
 // A real Open Inference Protocol client (tritonclient, gRPC and HTTP) against `shardserve up`
 // serving a 2-stage transformer encoder from its sharded checkpoint.

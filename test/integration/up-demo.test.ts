@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
 import { writeServeFixture } from './serve-fixture.js';
-import { freePortBlock, freePorts } from './serve-models.js';
+import { freePortBlock, freePorts } from '../harness/ports.js';
 
 // `npm start` (shardserve demo) and `shardserve up` as a user runs them.
 const ROOT = join(import.meta.dirname, '..', '..');

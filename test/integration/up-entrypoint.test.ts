@@ -7,7 +7,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
 import { call, oipClient } from './serve-client.js';
 import { fixtureConfig, singleDeviceOutputs, writeSafetensors, writeServeFixture } from './serve-fixture.js';
-import { bytesOf, freePortBlock, freePorts } from './serve-models.js';
+import { freePortBlock, freePorts } from '../harness/ports.js';
+import { bytesOf } from './serve-models.js';
 
 // The container entrypoint (`shardserve rank` with the pod environment) and the image definition.
 const ROOT = join(import.meta.dirname, '..', '..');
