@@ -1,7 +1,8 @@
 import { credentials, makeGenericClientConstructor, Metadata, status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
+import * as http2 from 'node:http2';
 import { deflateSync, gzipSync } from 'node:zlib';
-import { type CallContext, createGrpcH2Server, deadlineOf, frameMessage, framed, GrpcStatus, GrpcWireError, MessageReader, type GrpcH2Server, type ServerStreamCall } from './grpc-h2.js';
+import { type CallContext, createGrpcH2Server, deadlineOf, frameMessage, framed, GrpcStatus, GrpcWireError, MessageReader, REPLY_SINK_HEADER, REPLY_VIA_HEADER, SESSION_WINDOW, type GrpcH2Server, type ServerStreamCall } from './grpc-h2.js';
 import { FORWARD_PATH, StageLink } from './pipeline/stage-link.js';
 import { decodeStageMessage, frameStageReply } from './pipeline/codec.js';
 
@@ -246,5 +247,95 @@ describe('StageLink on the rank transport', () => {
     expect((await again).outputs[0].shape).toEqual([2]);
     link.close();
     await second.close(100);
+  });
+
+  it('takes replies on a second connection with a wide receive window, and leaves the request connection at the default', async () => {
+    // Both windows wide on one connection deadlocks large two-way traffic on Node 20 (see REPLY_SINK_HEADER).
+    const server = createGrpcH2Server({
+      [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: frameStageReply, open: (call) => {
+        call.on('data', (m: any) => call.write({ id: m.id, outputs: m.request.tensors, timings: [] }));
+      } },
+    }, { maxMessageBytes: 1 << 30 });
+    const roles = new Map<http2.Http2Session, string>();
+    server.server.on('stream', (stream, headers) => {
+      roles.set(stream.session!, headers[REPLY_SINK_HEADER] ? 'replies' : headers[REPLY_VIA_HEADER] ? 'requests' : 'other');
+    });
+    const port = await server.listen('127.0.0.1', 0);
+    const link = new StageLink({ address: `127.0.0.1:${port}`, toStage: 1 });
+    const up = new Promise<void>((r) => link.once('connected', () => r()));
+    link.start();
+    await up;
+    const tensor = { name: 'a', datatype: 'UINT8' as const, shape: [3 << 20], data: new Uint8Array(3 << 20).map((_, i) => i & 0xff) };
+    const reply = await link.send([tensor], [], Date.now() + 10_000);
+    expect(Buffer.from(reply.outputs[0].data).equals(Buffer.from(tensor.data))).toBe(true);
+    const byRole = new Map([...roles].map(([session, role]) => [role, session]));
+    expect([...roles.values()].sort()).toEqual(['replies', 'requests']);
+    // What the server may still send before the client acknowledges: 64 MiB on the reply connection,
+    // HTTP/2's default 65,535 bytes on the request connection.
+    expect(byRole.get('replies')!.state.remoteWindowSize).toBeGreaterThan(SESSION_WINDOW - (4 << 20));
+    expect(byRole.get('requests')!.state.remoteWindowSize).toBeLessThanOrEqual(65_535);
+    // And the 3 MiB answer went out on the reply connection, not on the request one.
+    expect(byRole.get('replies')!.socket.bytesWritten).toBeGreaterThan(3 << 20);
+    expect(byRole.get('requests')!.socket.bytesWritten).toBeLessThan(64 << 10);
+    link.close();
+    await server.close(100);
+  });
+
+  it('when the reply connection breaks, cancels the call on the server, fails the link\'s requests at once, and reconnects', async () => {
+    const held: Array<() => void> = [];
+    let cancelled = 0;
+    const server = createGrpcH2Server({
+      [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: frameStageReply, open: (call) => {
+        call.on('data', (m: any) => held.push(() => call.write({ id: m.id, outputs: m.request.tensors, timings: [] })));
+        call.on('cancelled', () => cancelled++);
+      } },
+    }, { maxMessageBytes: 1 << 20 });
+    const sinks: http2.ServerHttp2Stream[] = [];
+    server.server.on('stream', (stream, headers) => {
+      if (headers[REPLY_SINK_HEADER]) sinks.push(stream);
+    });
+    const port = await server.listen('127.0.0.1', 0);
+    const link = new StageLink({ address: `127.0.0.1:${port}`, toStage: 1 });
+    const connected = () => new Promise<void>((r) => link.once('connected', () => r()));
+    let up = connected();
+    link.start();
+    await up;
+    const tensor = { name: 'a', datatype: 'FP32' as const, shape: [2], data: new Uint8Array(new Float32Array([1, 2]).buffer) };
+    const inflight = link.send([tensor], [], Date.now() + 30_000).then(() => 'answered', (e: unknown) => e);
+    for (let i = 0; i < 100 && held.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(held).toHaveLength(1);
+    up = connected();
+    const t0 = Date.now();
+    sinks[0].session!.destroy(); // the reply connection drops
+    expect(await inflight).toMatchObject({ kind: 'Unavailable', message: expect.stringMatching(new RegExp(`^stage 1 at 127\\.0\\.0\\.1:${port} is unreachable: `)) });
+    expect(Date.now() - t0).toBeLessThan(5_000);
+    for (let i = 0; i < 100 && cancelled === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(cancelled).toBe(1);
+    held[0](); // a late answer to a call that is gone goes nowhere and breaks nothing
+    await up;
+    expect(sinks).toHaveLength(2);
+    const again = link.send([tensor], [], Date.now() + 5_000);
+    for (let i = 0; i < 100 && held.length === 1; i++) await new Promise((r) => setTimeout(r, 10));
+    held[1]();
+    expect((await again).outputs[0].shape).toEqual([2]);
+    link.close();
+    await server.close(100);
+  });
+
+  it('refuses a call that names a reply stream it does not have, with FAILED_PRECONDITION', async () => {
+    const server = createGrpcH2Server({
+      [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: frameStageReply, open: () => undefined },
+    }, { maxMessageBytes: 1 << 20 });
+    const port = await server.listen('127.0.0.1', 0);
+    const client = http2.connect(`http://127.0.0.1:${port}`);
+    const headers = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
+      const stream = client.request({ ':method': 'POST', ':path': FORWARD_PATH, 'content-type': 'application/grpc', te: 'trailers', [REPLY_VIA_HEADER]: 'nope' });
+      stream.on('response', resolve);
+      stream.on('error', reject);
+      stream.end();
+    });
+    expect({ status: headers['grpc-status'], message: headers['grpc-message'] }).toEqual({ status: String(GrpcStatus.FAILED_PRECONDITION), message: "no unpaired reply stream 'nope' is open on this server" });
+    client.close();
+    await server.close(100);
   });
 });

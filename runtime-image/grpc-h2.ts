@@ -9,7 +9,7 @@ import * as http2 from 'node:http2';
 import { gunzipSync, inflateSync } from 'node:zlib';
 
 /** gRPC status codes used here. */
-export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
+export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
 
 const ACCEPT_ENCODING = 'identity,deflate,gzip';
 
@@ -19,8 +19,28 @@ const ACCEPT_ENCODING = 'identity,deflate,gzip';
  * see createGrpcH2Server.
  */
 export const H2_SETTINGS: http2.Settings = { initialWindowSize: 16 << 20, maxFrameSize: 1 << 20 };
-/** The server's connection-level receive window (see createGrpcH2Server). */
-const SESSION_WINDOW = 64 << 20;
+/** The connection-level receive window of the end that receives the large messages (see createGrpcH2Server). */
+export const SESSION_WINDOW = 64 << 20;
+
+/**
+ * Split bidi calls. On Node 20 one HTTP/2 connection cannot carry large messages both ways with wide
+ * connection windows on both ends: a session stops reading its socket while one of its own writes is
+ * in progress, so two peers both blocked writing never read again (reproduced with bare node:http2).
+ * A client that needs both directions fast (the stage link) therefore opens two connections: on one,
+ * a stream with `REPLY_SINK_HEADER: <id>` that only receives; on the other, the call itself with
+ * `REPLY_VIA_HEADER: <id>`, whose replies the server writes to that sink. Each connection then carries
+ * large data one way only and is widened on its receiving end. A call without the header answers on
+ * its own stream, as usual.
+ */
+export const REPLY_SINK_HEADER = 'shardserve-reply-sink';
+export const REPLY_VIA_HEADER = 'shardserve-reply-via';
+
+interface ReplySink {
+  stream: http2.ServerHttp2Stream;
+  paired: boolean;
+  /** Called when the sink stream closes. */
+  onGone?: () => void;
+}
 
 export class GrpcWireError extends Error {
   constructor(readonly code: number, message: string) {
@@ -206,6 +226,7 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
     session.on('error', () => undefined);
   });
   const widened = new WeakSet<http2.Http2Session>();
+  const sinks = new Map<string, ReplySink>();
   server.on('stream', (stream, headers) => {
     stream.on('error', () => undefined);
     // A 64 MiB connection window for what clients send (HTTP/2's default 64 KiB caps a stream
@@ -228,7 +249,18 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
     const method = methods[path];
     if (!method) return trailersOnly(stream, GrpcStatus.UNIMPLEMENTED, `unknown method ${path}`);
     const encoding = headers['grpc-encoding'] === undefined ? undefined : String(headers['grpc-encoding']);
-    if (method.kind === 'bidi') serveBidi(stream, method, opts.maxMessageBytes, encoding);
+    if (method.kind === 'bidi') {
+      const sinkId = headers[REPLY_SINK_HEADER];
+      if (sinkId !== undefined) return serveReplySink(stream, String(sinkId), sinks);
+      const viaId = headers[REPLY_VIA_HEADER];
+      let sink: ReplySink | undefined;
+      if (viaId !== undefined) {
+        sink = sinks.get(String(viaId));
+        if (!sink || sink.paired) return trailersOnly(stream, GrpcStatus.FAILED_PRECONDITION, `no unpaired reply stream '${String(viaId)}' is open on this server`);
+        sink.paired = true;
+      }
+      serveBidi(stream, method, opts.maxMessageBytes, encoding, sink);
+    }
     else serveOneRequest(stream, method, opts.maxMessageBytes, encoding, deadlineOf(headers['grpc-timeout']));
   });
   return {
@@ -326,8 +358,24 @@ function streamReplies(stream: http2.ServerHttp2Stream, method: Extract<MethodHa
   method.open(request, call, ctx);
 }
 
-function serveBidi(stream: http2.ServerHttp2Stream, method: Extract<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined): void {
+/** A stream that only carries the replies of the call that names it (see REPLY_SINK_HEADER). */
+function serveReplySink(stream: http2.ServerHttp2Stream, id: string, sinks: Map<string, ReplySink>): void {
+  if (sinks.has(id)) return trailersOnly(stream, GrpcStatus.ALREADY_EXISTS, `reply stream '${id}' is already open`);
+  const sink: ReplySink = { stream, paired: false };
+  sinks.set(id, sink);
+  stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-accept-encoding': ACCEPT_ENCODING }, { waitForTrailers: true });
+  stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+  stream.resume(); // nothing is expected from the client; keep its stream flowing
+  stream.on('close', () => {
+    sinks.delete(id);
+    sink.onGone?.();
+  });
+}
+
+function serveBidi(stream: http2.ServerHttp2Stream, method: Extract<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined, sink?: ReplySink): void {
   const call = new EventEmitter() as ServerStreamCall<any, any>;
+  // Where replies go: this stream, or the reply stream the client opened for them.
+  const out = sink?.stream ?? stream;
   let done = false;
   let trailersSent = false;
   let cancelled = false;
@@ -340,13 +388,20 @@ function serveBidi(stream: http2.ServerHttp2Stream, method: Extract<MethodHandle
     stream.sendTrailers(t);
   });
   call.write = (message) => {
-    if (done || stream.destroyed || stream.writableEnded) return false;
-    return writeFramed(stream, method.encodeFramed(message), false);
+    if (done || out.destroyed || out.writableEnded) return false;
+    return writeFramed(out, method.encodeFramed(message), false);
   };
   call.end = () => {
     if (done) return;
     done = true;
     if (!stream.destroyed && !stream.writableEnded) stream.end();
+    if (sink && !out.destroyed && !out.writableEnded) out.end();
+  };
+  const cancel = () => {
+    if (cancelled) return;
+    cancelled = true;
+    done = true;
+    call.emit('cancelled');
   };
   const reader = new MessageReader(maxBytes, (b) => call.emit('data', method.decode(b)), encoding);
   stream.on('data', (chunk: Buffer) => {
@@ -363,11 +418,17 @@ function serveBidi(stream: http2.ServerHttp2Stream, method: Extract<MethodHandle
   stream.on('end', () => call.emit('end'));
   stream.on('close', () => {
     // Reset by the client (RST_STREAM), or closed before our trailers went out (the connection went away).
-    if (!cancelled && (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR || !trailersSent)) {
-      cancelled = true;
-      done = true;
-      call.emit('cancelled');
-    }
+    if (!cancelled && (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR || !trailersSent)) cancel();
+    // The call is over without ending its reply stream (the client went away): drop that one too.
+    if (sink && !out.destroyed && !out.writableEnded) out.close(http2.constants.NGHTTP2_CANCEL);
   });
+  if (sink) {
+    // The reply stream went away (its connection broke): nobody can get the answers any more.
+    sink.onGone = () => {
+      if (stream.destroyed || trailersSent) return;
+      cancel();
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+    };
+  }
   method.open(call);
 }

@@ -1,9 +1,10 @@
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as http2 from 'node:http2';
 import { InferError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { decodeStageReply, frameStageMessage, type StageMessageObject } from './codec.js';
-import { decodeGrpcMessage, GrpcStatus, H2_SETTINGS, MessageReader, writeFramed } from '../grpc-h2.js';
+import { decodeGrpcMessage, GrpcStatus, H2_SETTINGS, MessageReader, REPLY_SINK_HEADER, REPLY_VIA_HEADER, SESSION_WINDOW, writeFramed } from '../grpc-h2.js';
 import { errorFromWire, tensorFromWire, tensorToWire, type StageTiming } from './wire.js';
 
 export interface StageLinkOptions {
@@ -33,15 +34,20 @@ const KEEPALIVE_MS = 10_000;
 const KEEPALIVE_TIMEOUT_MS = 5_000;
 
 /**
- * The one bidirectional gRPC stream (StageService.Forward, see grpc-h2.ts) from this stage to the
- * next. Every request in flight shares it; replies come back by id in any order. When the stream
- * breaks, every request on it fails at once with Unavailable (no request waits for a peer that is
- * gone) and the link reconnects with backoff (50 ms doubling to 1 s). An HTTP/2 ping every 10 s,
- * unanswered for 5 s, counts as broken.
+ * The link from this stage to the next: one bidirectional gRPC call (StageService.Forward, see
+ * grpc-h2.ts) that every request in flight shares, with replies coming back by id in any order.
+ * The call's requests and its replies travel on two HTTP/2 connections, each widened on its
+ * receiving end, so activations flow at full speed both ways between hosts (one connection cannot do
+ * both on Node 20; see REPLY_SINK_HEADER). When either breaks, every request on the link fails at
+ * once with Unavailable (no request waits for a peer that is gone) and the link reconnects with
+ * backoff (50 ms doubling to 1 s). An HTTP/2 ping every 10 s, unanswered for 5 s, counts as broken.
  */
 export class StageLink extends EventEmitter {
+  /** The connection that carries requests, and the Forward call on it. */
   private session: http2.ClientHttp2Session | undefined;
   private stream: http2.ClientHttp2Stream | undefined;
+  /** The connection that carries replies. */
+  private replySession: http2.ClientHttp2Session | undefined;
   private keepalive: NodeJS.Timeout | undefined;
   private readonly maxMessageBytes: number;
   private readonly pending = new Map<string, Pending>();
@@ -69,70 +75,96 @@ export class StageLink extends EventEmitter {
 
   private connect(): void {
     if (this.closed) return;
-    const session = http2.connect(`http://${this.opts.address}`, { settings: H2_SETTINGS, maxSessionMemory: 1024 });
-    this.session = session;
+    const url = `http://${this.opts.address}`;
+    const options: http2.ClientSessionOptions = { settings: H2_SETTINGS, maxSessionMemory: 1024 };
+    const requests = http2.connect(url, options);
+    const replies = http2.connect(url, options);
+    this.session = requests;
+    this.replySession = replies;
+    const linkId = randomBytes(12).toString('hex');
     let opened = false;
-    const timer = setTimeout(() => session.destroy(new Error(`no connection within ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS);
+    const timer = setTimeout(() => gone(`no connection within ${CONNECT_TIMEOUT_MS} ms`), CONNECT_TIMEOUT_MS);
     const gone = (why: string) => {
       clearTimeout(timer);
-      if (this.session !== session) return;
+      if (this.session !== requests) return;
       this.session = undefined;
+      this.replySession = undefined;
       if (this.keepalive) clearInterval(this.keepalive);
+      requests.destroy();
+      replies.destroy();
       if (opened) this.broken(why);
       else this.scheduleReconnect();
     };
-    session.on('error', (e: Error) => gone(e.message));
-    session.on('close', () => gone('connection closed'));
-    session.on('goaway', () => gone('the peer is going away'));
-    session.once('connect', () => {
-      clearTimeout(timer);
-      if (this.closed || this.session !== session) return session.destroy();
-      // The connection window stays HTTP/2's default here: the server side is the one that widens
-      // (see createGrpcH2Server; both at once stall large two-way traffic on Node 20).
-      opened = true;
-      this.keepalive = setInterval(() => {
-        const t = setTimeout(() => session.destroy(new Error(`no ping answer within ${KEEPALIVE_TIMEOUT_MS} ms`)), KEEPALIVE_TIMEOUT_MS);
+    for (const session of [requests, replies]) {
+      session.on('error', (e: Error) => gone(e.message));
+      session.on('close', () => gone('connection closed'));
+      session.on('goaway', () => gone('the peer is going away'));
+    }
+    const reader = () => new MessageReader(this.maxMessageBytes, (b) => this.onReply(decodeStageReply(b)));
+    const watch = (stream: http2.ClientHttp2Stream, onResponse?: () => void) => {
+      const messages = reader();
+      stream.on('response', (headers) => {
+        const status = headers[':status'];
+        if (status !== 200) gone(`HTTP status ${status}`);
+        else if (headers['grpc-status'] !== undefined && headers['grpc-status'] !== '0') gone(decodeGrpcMessage(headers['grpc-message'] ?? `gRPC status ${headers['grpc-status']}`));
+        else onResponse?.();
+      });
+      stream.on('data', (chunk: Buffer) => {
         try {
-          session.ping(() => clearTimeout(t));
-        } catch {
-          clearTimeout(t);
+          messages.push(chunk);
+        } catch (e) {
+          gone((e as Error).message);
+        }
+      });
+      stream.on('trailers', (t) => {
+        const code = Number(t['grpc-status'] ?? GrpcStatus.UNKNOWN);
+        gone(code === GrpcStatus.OK ? 'stream ended' : decodeGrpcMessage(t['grpc-message'] ?? `gRPC status ${code}`));
+      });
+      stream.on('error', (e: Error) => gone(e.message));
+      stream.on('close', () => gone('stream ended'));
+    };
+    const headers = { ':method': 'POST', ':path': FORWARD_PATH, 'content-type': 'application/grpc', te: 'trailers' };
+    // 1. The reply stream, on a connection whose receive window is widened: the server answers its
+    //    headers once the stream is registered, and only then may the call name it.
+    let sinkReady = false;
+    let requestsUp = false;
+    const openCall = () => {
+      if (!sinkReady || !requestsUp || this.session !== requests) return;
+      clearTimeout(timer);
+      // 2. The call itself, on the other connection (left at the default window: it receives nothing large).
+      const stream = requests.request({ ...headers, [REPLY_VIA_HEADER]: linkId });
+      watch(stream);
+      this.stream = stream;
+      opened = true;
+      this.connected = true;
+      this.backoffMs = 50;
+      this.keepalive = setInterval(() => {
+        for (const session of [requests, replies]) {
+          const t = setTimeout(() => session.destroy(new Error(`no ping answer within ${KEEPALIVE_TIMEOUT_MS} ms`)), KEEPALIVE_TIMEOUT_MS);
+          try {
+            session.ping(() => clearTimeout(t));
+          } catch {
+            clearTimeout(t);
+          }
         }
       }, KEEPALIVE_MS);
       this.keepalive.unref();
-      this.openStream(session);
-    });
-  }
-
-  private openStream(session: http2.ClientHttp2Session): void {
-    const stream = session.request({ ':method': 'POST', ':path': FORWARD_PATH, 'content-type': 'application/grpc', te: 'trailers' });
-    this.stream = stream;
-    const broken = (why: string) => {
-      if (this.stream !== stream) return;
-      this.broken(why);
-      session.destroy();
+      this.emit('connected');
     };
-    const reader = new MessageReader(this.maxMessageBytes, (b) => this.onReply(decodeStageReply(b)));
-    stream.on('response', (headers) => {
-      const status = headers[':status'];
-      if (status !== 200) broken(`HTTP status ${status}`);
-      else if (headers['grpc-status'] !== undefined && headers['grpc-status'] !== '0') broken(decodeGrpcMessage(headers['grpc-message'] ?? `gRPC status ${headers['grpc-status']}`));
+    replies.once('connect', () => {
+      if (this.closed || this.session !== requests) return;
+      replies.setLocalWindowSize(SESSION_WINDOW);
+      const sink = replies.request({ ...headers, [REPLY_SINK_HEADER]: linkId });
+      watch(sink, () => {
+        sinkReady = true;
+        openCall();
+      });
     });
-    stream.on('data', (chunk: Buffer) => {
-      try {
-        reader.push(chunk);
-      } catch (e) {
-        broken((e as Error).message);
-      }
+    requests.once('connect', () => {
+      if (this.closed || this.session !== requests) return;
+      requestsUp = true;
+      openCall();
     });
-    stream.on('trailers', (t) => {
-      const code = Number(t['grpc-status'] ?? GrpcStatus.UNKNOWN);
-      broken(code === GrpcStatus.OK ? 'stream ended' : decodeGrpcMessage(t['grpc-message'] ?? `gRPC status ${code}`));
-    });
-    stream.on('error', (e: Error) => broken(e.message));
-    stream.on('close', () => broken('stream ended'));
-    this.connected = true;
-    this.backoffMs = 50;
-    this.emit('connected');
   }
 
   private broken(why: string): void {
@@ -254,11 +286,12 @@ export class StageLink extends EventEmitter {
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     if (this.keepalive) clearInterval(this.keepalive);
     this.failAll(new InferError('Unavailable', 'rank is shutting down'));
-    const session = this.session;
+    const sessions = [this.session, this.replySession];
     this.session = undefined;
+    this.replySession = undefined;
     this.stream = undefined;
     this.connected = false;
-    session?.close();
-    setTimeout(() => session?.destroy(), 1_000).unref();
+    for (const session of sessions) session?.close();
+    setTimeout(() => sessions.forEach((session) => session?.destroy()), 1_000).unref();
   }
 }
