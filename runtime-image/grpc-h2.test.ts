@@ -182,6 +182,18 @@ describe('gRPC on node:http2 against grpc-js (a real gRPC client)', () => {
 });
 
 describe('StageLink on the rank transport', () => {
+  const tensor = { name: 'a', datatype: 'FP32' as const, shape: [2], data: new Uint8Array(new Float32Array([1, 2]).buffer) };
+
+  /** A started StageLink to `port`, once connected; `connected()` resolves at its next connection. */
+  async function startLink(port: number): Promise<{ link: StageLink; connected: () => Promise<void> }> {
+    const link = new StageLink({ address: `127.0.0.1:${port}`, toStage: 1 });
+    const connected = () => new Promise<void>((r) => link.once('connected', () => r()));
+    const up = connected();
+    link.start();
+    await up;
+    return { link, connected };
+  }
+
   it('carries large activations both ways with many requests in flight on the one stream', async () => {
     // An echo: requests and replies of several MiB cross on the stream at the same time (flow control both ways).
     const server = createGrpcH2Server({
@@ -190,10 +202,7 @@ describe('StageLink on the rank transport', () => {
       } },
     }, { maxMessageBytes: 1 << 30 });
     const port = await server.listen('127.0.0.1', 0);
-    const link = new StageLink({ address: `127.0.0.1:${port}`, toStage: 1 });
-    const up = new Promise<void>((r) => link.once('connected', () => r()));
-    link.start();
-    await up;
+    const { link } = await startLink(port);
     for (const [mib, count] of [[16, 2], [2, 40]]) {
       const tensors = Array.from({ length: count }, (_, k) => ({ name: `a${k}`, datatype: 'UINT8' as const, shape: [mib << 20], data: new Uint8Array(mib << 20).map((_, i) => (i + k) & 0xff) }));
       const replies = await Promise.all(tensors.map((t) => link.send([t], [], Date.now() + 20_000)));
@@ -215,12 +224,8 @@ describe('StageLink on the rank transport', () => {
     }, { maxMessageBytes: 1 << 20 });
     const first = make();
     const port = await first.listen('127.0.0.1', 0);
-    const link = new StageLink({ address: `127.0.0.1:${port}`, toStage: 1 });
-    const connected = () => new Promise<void>((r) => link.once('connected', () => r()));
-    let up = connected();
-    link.start();
-    await up;
-    const tensor = { name: 'a', datatype: 'FP32' as const, shape: [2], data: new Uint8Array(new Float32Array([1, 2]).buffer) };
+    const { link, connected } = await startLink(port);
+    let up: Promise<void>;
     // One answered request, then two held by the peer when it dies.
     const answered = link.send([tensor], [], Date.now() + 5_000);
     await new Promise((r) => setTimeout(r, 50));
@@ -261,10 +266,7 @@ describe('StageLink on the rank transport', () => {
       roles.set(stream.session!, headers[REPLY_SINK_HEADER] ? 'replies' : headers[REPLY_VIA_HEADER] ? 'requests' : 'other');
     });
     const port = await server.listen('127.0.0.1', 0);
-    const link = new StageLink({ address: `127.0.0.1:${port}`, toStage: 1 });
-    const up = new Promise<void>((r) => link.once('connected', () => r()));
-    link.start();
-    await up;
+    const { link } = await startLink(port);
     const tensor = { name: 'a', datatype: 'UINT8' as const, shape: [3 << 20], data: new Uint8Array(3 << 20).map((_, i) => i & 0xff) };
     const reply = await link.send([tensor], [], Date.now() + 10_000);
     expect(Buffer.from(reply.outputs[0].data).equals(Buffer.from(tensor.data))).toBe(true);
@@ -295,12 +297,8 @@ describe('StageLink on the rank transport', () => {
       if (headers[REPLY_SINK_HEADER]) sinks.push(stream);
     });
     const port = await server.listen('127.0.0.1', 0);
-    const link = new StageLink({ address: `127.0.0.1:${port}`, toStage: 1 });
-    const connected = () => new Promise<void>((r) => link.once('connected', () => r()));
-    let up = connected();
-    link.start();
-    await up;
-    const tensor = { name: 'a', datatype: 'FP32' as const, shape: [2], data: new Uint8Array(new Float32Array([1, 2]).buffer) };
+    const { link, connected } = await startLink(port);
+    let up: Promise<void>;
     const inflight = link.send([tensor], [], Date.now() + 30_000).then(() => 'answered', (e: unknown) => e);
     for (let i = 0; i < 100 && held.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
     expect(held).toHaveLength(1);
