@@ -141,6 +141,7 @@ export function fromJsonData(name: string, datatype: OipDatatype, shape: number[
   const v = typedView(datatype, bytes);
   const range = INT_RANGE[datatype];
   const [lo, hi] = range ? [Number(range[0]), Number(range[1])] : [0, 0];
+  const wide = v instanceof BigInt64Array || v instanceof BigUint64Array;
   for (let i = 0; i < n; i++) {
     const x = flat[i];
     if (datatype === 'BOOL') {
@@ -149,7 +150,7 @@ export function fromJsonData(name: string, datatype: OipDatatype, shape: number[
     } else if (!range) {
       if (typeof x !== 'number') throw badElement(name, i, 'a number');
       (v as Float32Array)[i] = x;
-    } else if (!(v instanceof BigInt64Array || v instanceof BigUint64Array)) {
+    } else if (!wide) {
       // Up to 32 bits: plain numbers, no BigInt per element.
       if (typeof x !== 'number' || !Number.isInteger(x)) throw badElement(name, i, 'an integer');
       if (x < lo || x > hi) throw outOfRange(name, i, BigInt(x), datatype, range);
@@ -164,7 +165,7 @@ export function fromJsonData(name: string, datatype: OipDatatype, shape: number[
         b = BigInt(x);
       } else throw badElement(name, i, 'an integer');
       if (b < range[0] || b > range[1]) throw outOfRange(name, i, b, datatype, range);
-      v[i] = b;
+      (v as BigInt64Array)[i] = b;
     }
   }
   return bytes;
