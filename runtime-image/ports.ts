@@ -53,7 +53,7 @@ function tryListen(port: number, host: string): Promise<boolean> {
   return new Promise((resolve) => {
     const s = createServer();
     s.once('error', () => resolve(false));
-    s.listen({ port, host, exclusive: true }, () => s.close(() => resolve(true)));
+    s.listen(port, host, () => s.close(() => resolve(true)));
   });
 }
 

@@ -100,9 +100,9 @@ export class StageLink extends EventEmitter {
       session.on('close', () => gone('connection closed'));
       session.on('goaway', () => gone('the peer is going away'));
     }
-    const reader = () => new MessageReader(this.maxMessageBytes, (b) => this.onReply(decodeStageReply(b)));
+    // Both streams are read the same way: replies may come on either (on the call when a server does not split).
     const watch = (stream: http2.ClientHttp2Stream, onResponse?: () => void) => {
-      const messages = reader();
+      const messages = new MessageReader(this.maxMessageBytes, (b) => this.onReply(decodeStageReply(b)));
       stream.on('response', (headers) => {
         const status = headers[':status'];
         if (status !== 200) gone(`HTTP status ${status}`);

@@ -3,11 +3,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename } from 'node:fs/promises';
-import { freePort } from './ports.js';
 import { dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { S3Client } from '../../core/storage/s3.js';
 import { cacheDir } from './cache.js';
+import { freePort } from './ports.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const goModuleDir = join(here, 'go-minio');
@@ -66,7 +66,6 @@ export function ensureMinioBinary(): Promise<string> {
   building.catch(() => (building = undefined));
   return building;
 }
-
 
 export interface S3Server {
   endpoint: string;

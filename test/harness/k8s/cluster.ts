@@ -4,9 +4,9 @@
 // kubelet: tests write pod status themselves. Every wait has a deadline.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { freePort } from '../ports.js';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { freePort } from '../ports.js';
 import { ensureControlPlaneBinaries, type ControlPlaneBinaries } from './binaries.js';
 
 export type ControlPlane = {
@@ -20,7 +20,6 @@ export type ControlPlane = {
   kubeconfigFor: (user: string, groups: string[]) => string;
   stop: () => Promise<void>;
 };
-
 
 function openssl(args: string[], cwd: string): void {
   const r = spawnSync('openssl', args, { cwd, encoding: 'utf8' });
