@@ -3,7 +3,7 @@ import { copyForOverlap, forEachRun, runCount, sourceSpan } from '../plan/runs.j
 import { scatterDense, tilesDensely } from './execute.js';
 
 describe('scatterDense', () => {
-  it('places every byte where forEachRun does, for any split of the source stretch into parts', () => {
+  it('places every byte where forEachRun does, for any split of the source stretch into parts, from a buffer or from inside the destination buffer', () => {
     let seed = 7;
     const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
     let checked = 0;
@@ -28,12 +28,21 @@ describe('scatterDense', () => {
       const want = new Uint8Array(dstLen);
       forEachRun(op, (s, d, len) => want.set(srcBytes.subarray(s, s + len), d));
       const got = new Uint8Array(dstLen);
+      // The same copy with the source parts moved inside one buffer: the destination at `base`, each
+      // part staged in a scratch area after it (as the executor's batch buffer and scratch slots).
+      const base = 1 + rnd(9);
+      const scratch = base + dstLen + rnd(5);
+      const within = new Uint8Array(scratch + span).fill(0xee).fill(0, base, base + dstLen);
       const part = 1 + rnd(span);
       for (let a = op.srcOffset; a < op.srcOffset + span; a += part) {
         const z = Math.min(a + part, op.srcOffset + span);
-        scatterDense(op, a, srcBytes.subarray(a, z), got);
+        scatterDense(op, a, z - a, srcBytes.subarray(a, z), got, 0);
+        within.set(srcBytes.subarray(a, z), scratch);
+        scatterDense(op, a, z - a, scratch, within, base);
       }
       expect(got).toEqual(want);
+      expect(within.subarray(base, base + dstLen)).toEqual(want);
+      expect(within.subarray(0, base).every((x) => x === 0xee) && within.subarray(base + dstLen, scratch).every((x) => x === 0xee)).toBe(true);
       checked++;
     }
     expect(checked).toBeGreaterThan(50);

@@ -30,17 +30,33 @@ export interface ExecuteStats {
   requests: number;
 }
 
-/** One read of a source file and where its bytes go. */
+/**
+ * One read of a source file and where its bytes go. Offsets are in the batch buffer, which holds
+ * every destination tensor of a batch (and, at its end, the scratch slots scattered reads land in).
+ */
 interface ReadUnit {
   fileOffset: number;
   length: number;
-  scatter(bytes: Uint8Array): void;
-  /** Set when the bytes land contiguously in one destination tensor: a local read can go straight there. */
-  direct?: { dst: Uint8Array; offset: number };
+  /** Set when the bytes land contiguously in one tensor: the read goes straight to this offset. */
+  at?: number;
+  /**
+   * Copies the unit's bytes to their places in the batch buffer `out`. `from` is either their
+   * offset in `out` (a scratch slot: runs move with copyWithin, no view per run) or a buffer of
+   * their own.
+   */
+  scatter(from: number | Uint8Array, out: Uint8Array): void;
 }
 
 /** Reads of at most this many bytes each, so a large piece never sits in memory twice. */
 const UNIT_BYTES = 8 * 1024 * 1024;
+/** Reads whose bytes scatter are at most this long: each lands in one of a few scratch slots. */
+const SCATTER_UNIT_BYTES = 2 * 1024 * 1024;
+/** Scratch slots per batch (shared by every file's readers). */
+const SCRATCH_SLOTS = 8;
+/** Tensors start on this boundary in the batch buffer. */
+const TENSOR_ALIGN = 64;
+/** Largest batch buffer (tensors plus scratch); larger batches are split. */
+const MAX_BATCH_BUFFER = 2 ** 31;
 
 /**
  * True when the runs of `op`, in visiting order, tile its source span densely: run j starts at
@@ -56,30 +72,33 @@ export function tilesDensely(op: CopyOp): boolean {
 }
 
 /**
- * Copies the bytes of source-tensor stretch [lo, lo + bytes.length) of a densely tiling copy into
- * `out`, run by run: no per-run closures or arrays, one memcpy per (part of a) run.
+ * Copies the bytes of source-tensor stretch [lo, lo + length) of a densely tiling copy to the
+ * destination tensor at `out[base..]`, run by run, with no per-run closures, arrays or views. The
+ * stretch is `from`: its offset in `out` (moved with copyWithin) or a buffer of its own.
  */
-export function scatterDense(op: CopyOp, lo: number, bytes: Uint8Array, out: Uint8Array): void {
+export function scatterDense(op: CopyOp, lo: number, length: number, from: number | Uint8Array, out: Uint8Array, base: number): void {
   const rb = op.runBytes;
-  const hi = lo + bytes.length;
+  const hi = lo + length;
   const depth = op.counts.length;
   let j = Math.floor((lo - op.srcOffset) / rb);
   const end = Math.ceil((hi - op.srcOffset) / rb);
   // Multi-index of run j and its destination offset.
   const idx = new Array<number>(depth).fill(0);
-  let dst = op.dstOffset;
+  let dst = base + op.dstOffset;
   let rest = j;
   for (let d = depth - 1; d >= 0; d--) {
     idx[d] = rest % op.counts[d];
     rest = Math.floor(rest / op.counts[d]);
     dst += idx[d] * op.dstStrides[d];
   }
+  const within = typeof from === 'number';
   const inner = depth - 1;
   for (; j < end; j++) {
     const src = op.srcOffset + j * rb;
     const a = src < lo ? lo : src;
     const z = src + rb > hi ? hi : src + rb;
-    out.set(bytes.subarray(a - lo, z - lo), dst + (a - src));
+    if (within) out.copyWithin(dst + (a - src), from + (a - lo), from + (z - lo));
+    else out.set(from.subarray(a - lo, z - lo), dst + (a - src));
     if (depth === 0) break;
     // Next run: step the innermost index, carrying outwards.
     let d = inner;
@@ -97,33 +116,37 @@ export function scatterDense(op: CopyOp, lo: number, bytes: Uint8Array, out: Uin
 }
 
 /**
- * The reads of one copy. When its runs tile a contiguous stretch of the source tensor (whole rows,
- * whole slices) the stretch is read in large units and scattered run by run; otherwise every run
- * is its own read.
+ * The reads of one copy into the destination tensor at `out[base..]`. When its runs tile a
+ * contiguous stretch of the source tensor (whole rows, whole slices) the stretch is read in large
+ * units (straight into place when it is one run, else scattered run by run); otherwise every run is
+ * its own read, straight into place.
  */
-function readUnitsOf(op: CopyOp, entry: TensorEntry, dst: Uint8Array, units: ReadUnit[]): void {
+function readUnitsOf(op: CopyOp, entry: TensorEntry, base: number, units: ReadUnit[]): void {
   const runs = runCount(op);
   if (runs === 0 || op.runBytes === 0) return;
   const span = sourceSpan(op);
-  const out = dst;
   if (span === runs * op.runBytes) {
+    const contiguous = op.counts.length === 0;
     const dense = tilesDensely(op);
-    for (let lo = op.srcOffset; lo < op.srcOffset + span; lo += UNIT_BYTES) {
-      const hi = Math.min(lo + UNIT_BYTES, op.srcOffset + span);
+    const step = contiguous ? UNIT_BYTES : SCATTER_UNIT_BYTES;
+    for (let lo = op.srcOffset; lo < op.srcOffset + span; lo += step) {
+      const hi = Math.min(lo + step, op.srcOffset + span);
       tensorRunToFile(entry, lo, hi - lo, (fileOffset, tensorOffset, length) => {
-        const contiguous = op.counts.length === 0;
         units.push({
           fileOffset,
           length,
-          direct: contiguous ? { dst: out, offset: op.dstOffset + (tensorOffset - op.srcOffset) } : undefined,
+          at: contiguous ? base + op.dstOffset + (tensorOffset - op.srcOffset) : undefined,
           scatter: dense
-            ? (bytes) => scatterDense(op, tensorOffset, bytes, out)
-            : (bytes) => {
+            ? (from, out) => scatterDense(op, tensorOffset, length, from, out, base)
+            : (from, out) => {
                 const end = tensorOffset + length;
                 forEachRun(op, (src, dstOffset, len) => {
                   const a = Math.max(src, tensorOffset);
                   const z = Math.min(src + len, end);
-                  if (a < z) out.set(bytes.subarray(a - tensorOffset, z - tensorOffset), dstOffset + (a - src));
+                  if (a >= z) return;
+                  const to = base + dstOffset + (a - src);
+                  if (typeof from === 'number') out.copyWithin(to, from + (a - tensorOffset), from + (z - tensorOffset));
+                  else out.set(from.subarray(a - tensorOffset, z - tensorOffset), to);
                 });
               },
         });
@@ -132,17 +155,38 @@ function readUnitsOf(op: CopyOp, entry: TensorEntry, dst: Uint8Array, units: Rea
     return;
   }
   forEachRun(op, (src, dstOffset, len) =>
-    tensorRunToFile(entry, src, len, (fileOffset, tensorOffset, length) =>
-      units.push({ fileOffset, length, direct: { dst: out, offset: dstOffset + (tensorOffset - src) }, scatter: (bytes) => out.set(bytes, dstOffset + (tensorOffset - src)) })));
+    tensorRunToFile(entry, src, len, (fileOffset, tensorOffset, length) => {
+      const at = base + dstOffset + (tensorOffset - src);
+      units.push({ fileOffset, length, at, scatter: (from, out) => (typeof from === 'number' ? out.copyWithin(at, from, from + length) : out.set(from, at)) });
+    }));
+}
+
+/** Scratch slots at fixed offsets of the batch buffer, handed to one read at a time. */
+class ScratchSlots {
+  private readonly free: number[];
+  private readonly waiting: ((at: number) => void)[] = [];
+  constructor(start: number, count: number, readonly size: number) {
+    this.free = Array.from({ length: count }, (_, i) => start + i * size);
+  }
+  acquire(): Promise<number> | number {
+    return this.free.pop() ?? new Promise((resolve) => this.waiting.push(resolve));
+  }
+  release(at: number): void {
+    const next = this.waiting.shift();
+    if (next) next(at);
+    else this.free.push(at);
+  }
 }
 
 /**
- * The local fast path: a window of positional reads into the destination (or into one reused scratch
- * buffer per worker when the bytes scatter; the scatter of one read overlaps the other workers'
- * reads). Returns false when `uri` is not a local file of that size.
+ * The local fast path: a window of positional reads straight into the batch buffer, either into
+ * place or (when the bytes scatter) into a scratch slot of it, from which the runs are moved; the
+ * scatter of one read overlaps the other reads. Returns false when `uri` is not a local file of that
+ * size.
  */
-async function readLocalDirect(uri: string, size: number, units: ReadUnit[], concurrency: number, stats: ExecuteStats): Promise<boolean> {
+async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all: Uint8Array, slots: ScratchSlots | undefined, concurrency: number, stats: ExecuteStats): Promise<boolean> {
   if (isRemote(uri)) return false;
+  if (!slots && units.some((u) => u.at === undefined)) return false;
   const path = uri.startsWith('file://') ? fileURLToPath(uri) : uri;
   let handle: FileHandle;
   try {
@@ -157,28 +201,22 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], con
   try {
     let next = 0;
     const worker = async () => {
-      // A plain Uint8Array (not a Buffer): its subarray() is the cheap built-in one.
-      let scratch: Uint8Array | undefined;
       while (next < units.length) {
         const u = units[next++];
-        let target: Uint8Array;
-        let at: number;
-        if (u.direct) {
-          target = u.direct.dst;
-          at = u.direct.offset;
-        } else {
-          if (!scratch || scratch.length < u.length) scratch = new Uint8Array(Math.max(u.length, 1 << 20));
-          target = scratch;
-          at = 0;
+        const slot = u.at === undefined ? await slots!.acquire() : undefined;
+        try {
+          const at = u.at ?? slot!;
+          let done = 0;
+          while (done < u.length) {
+            const { bytesRead } = await handle.read(all, at + done, u.length - done, u.fileOffset + done);
+            if (bytesRead === 0) throw new ShardserveError('ShortRead', `${uri}: file ended at ${u.fileOffset + done}, expected ${u.fileOffset + u.length} bytes`, { file: uri });
+            done += bytesRead;
+          }
+          stats.requests++;
+          if (slot !== undefined) u.scatter(slot, all);
+        } finally {
+          if (slot !== undefined) slots!.release(slot);
         }
-        let done = 0;
-        while (done < u.length) {
-          const { bytesRead } = await handle.read(target, at + done, u.length - done, u.fileOffset + done);
-          if (bytesRead === 0) throw new ShardserveError('ShortRead', `${uri}: file ended at ${u.fileOffset + done}, expected ${u.fileOffset + u.length} bytes`, { file: uri });
-          done += bytesRead;
-        }
-        stats.requests++;
-        if (!u.direct) u.scatter(target.subarray(0, u.length));
       }
     };
     await Promise.all(Array.from({ length: Math.min(concurrency, units.length) }, worker));
@@ -200,6 +238,8 @@ function isRemote(uri: string): boolean {
  * source files and hands it to `consume` (in plan order). Only one batch of destination tensors is
  * held at a time, plus the reads in flight.
  */
+const align = (n: number) => Math.ceil(n / TENSOR_ALIGN) * TENSOR_ALIGN;
+
 export async function executePlan(
   plan: ReadPlan,
   sources: Map<number, CheckpointIndex>,
@@ -214,16 +254,22 @@ export async function executePlan(
   while (i < plan.tensors.length) {
     const batch: TensorPlan[] = [];
     let bytes = 0;
-    while (i < plan.tensors.length && (batch.length === 0 || bytes + plan.tensors[i].byteLength <= batchBytes)) {
-      bytes += plan.tensors[i].byteLength;
+    const fits = (n: number) => bytes + n <= batchBytes && bytes + n + SCRATCH_SLOTS * SCATTER_UNIT_BYTES <= MAX_BATCH_BUFFER;
+    while (i < plan.tensors.length && (batch.length === 0 || fits(align(plan.tensors[i].byteLength)))) {
+      bytes += align(plan.tensors[i].byteLength);
       batch.push(plan.tensors[i++]);
     }
-    // Every byte of a destination tensor is written by exactly one copy (the plan covers its box), so no zero-fill.
-    const buffers = batch.map((t) => {
-      const b = Buffer.allocUnsafeSlow(t.byteLength);
-      return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
-    });
+    // One buffer per batch: its tensors (each on a TENSOR_ALIGN boundary), then the scratch slots
+    // when some reads scatter. Every byte of a tensor is written by exactly one copy (the plan covers
+    // its box), so no zero-fill.
+    const bases: number[] = [];
+    let size = 0;
+    for (const t of batch) {
+      bases.push(size);
+      size += align(t.byteLength);
+    }
     const unitsByRank = new Map<number, ReadUnit[]>();
+    let slotBytes = 0;
     batch.forEach((t, bi) => {
       for (const op of t.copies) {
         const index = sources.get(op.rank);
@@ -231,14 +277,18 @@ export async function executePlan(
         if (!index || !entry) throw new ShardserveError('Internal', `parameter '${t.name}': the plan reads rank ${op.rank}, which was not opened`, { param: t.name });
         const units = unitsByRank.get(op.rank) ?? [];
         unitsByRank.set(op.rank, units);
-        readUnitsOf(op, entry, buffers[bi], units);
+        readUnitsOf(op, entry, bases[bi], units);
       }
     });
+    for (const units of unitsByRank.values()) for (const u of units) if (u.at === undefined) slotBytes = Math.max(slotBytes, align(u.length));
+    const slots = slotBytes > 0 ? new ScratchSlots(size, SCRATCH_SLOTS, slotBytes) : undefined;
+    const b = Buffer.allocUnsafeSlow(size + (slots ? SCRATCH_SLOTS * slotBytes : 0));
+    const all = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
     await Promise.all([...unitsByRank.entries()].map(async ([rank, units]) => {
       const index = sources.get(rank)!;
       const source = index.source;
       units.sort((a, b) => a.fileOffset - b.fileOffset);
-      if (opts.directLocal !== false && index.encryption === 'none' && (await readLocalDirect(source.uri, source.size, units, opts.concurrency ?? 4, stats))) return;
+      if (opts.directLocal !== false && index.encryption === 'none' && (await readLocalDirect(source.uri, source.size, units, all, slots, opts.concurrency ?? 4, stats))) return;
       // Units never overlap (distinct pieces are disjoint), so a range's offset identifies its unit.
       const byOffset = new Map(units.map((u) => [u.fileOffset, u]));
       const result = await readRanges(
@@ -247,14 +297,14 @@ export async function executePlan(
         // Groups no longer than one part: every unit then arrives as a view of one response body
         // (readRanges copies a range only when it straddles parts), and is copied once, into its tensor.
         { concurrency: opts.concurrency ?? 4, coalesceGap: opts.coalesceGap ?? (isRemote(source.uri) ? 64 * 1024 : 0), maxCoalescedBytes: UNIT_BYTES, partSize: UNIT_BYTES, signal: opts.signal },
-        (range, data) => byOffset.get(range.offset)!.scatter(data),
+        (range, data) => byOffset.get(range.offset)!.scatter(data, all),
       );
       stats.readBytes += units.reduce((s, u) => s + u.length, 0);
       stats.bytesTransferred += result.bytesTransferred;
       stats.requests += result.requests;
     }));
     for (let bi = 0; bi < batch.length; bi++) {
-      await consume(batch[bi], buffers[bi]);
+      await consume(batch[bi], all.subarray(bases[bi], bases[bi] + batch[bi].byteLength));
       done += batch[bi].byteLength;
       opts.onProgress?.(done, plan.sliceBytes);
     }
