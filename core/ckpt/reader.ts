@@ -114,7 +114,7 @@ class RecordWalker {
     if (pos < this.base || pos + n > this.base + this.buf.length) {
       const len = Math.min(Math.max(n, HEADER_WINDOW), this.end - pos);
       if (len < n) throw new WireError('record runs past the end of the file', pos);
-      this.buf = await this.source.read(pos, len);
+      this.buf = this.source.readSync ? this.source.readSync(pos, len) : await this.source.read(pos, len);
       this.base = pos;
     }
     return this.buf.subarray(pos - this.base, pos - this.base + n);
