@@ -57,6 +57,7 @@ const SCRATCH_SLOTS = 8;
 const TENSOR_ALIGN = 64;
 /** Largest batch buffer (tensors plus scratch); larger batches are split. */
 const MAX_BATCH_BUFFER = 2 ** 31;
+const align = (n: number) => Math.ceil(n / TENSOR_ALIGN) * TENSOR_ALIGN;
 
 /**
  * True when the runs of `op`, in visiting order, tile its source span densely: run j starts at
@@ -165,7 +166,7 @@ function readUnitsOf(op: CopyOp, entry: TensorEntry, base: number, units: ReadUn
 class ScratchSlots {
   private readonly free: number[];
   private readonly waiting: ((at: number) => void)[] = [];
-  constructor(start: number, count: number, readonly size: number) {
+  constructor(start: number, count: number, size: number) {
     this.free = Array.from({ length: count }, (_, i) => start + i * size);
   }
   acquire(): Promise<number> | number {
@@ -186,7 +187,6 @@ class ScratchSlots {
  */
 async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all: Uint8Array, slots: ScratchSlots | undefined, concurrency: number, stats: ExecuteStats): Promise<boolean> {
   if (isRemote(uri)) return false;
-  if (!slots && units.some((u) => u.at === undefined)) return false;
   const path = uri.startsWith('file://') ? fileURLToPath(uri) : uri;
   let handle: FileHandle;
   try {
@@ -238,8 +238,6 @@ function isRemote(uri: string): boolean {
  * source files and hands it to `consume` (in plan order). Only one batch of destination tensors is
  * held at a time, plus the reads in flight.
  */
-const align = (n: number) => Math.ceil(n / TENSOR_ALIGN) * TENSOR_ALIGN;
-
 export async function executePlan(
   plan: ReadPlan,
   sources: Map<number, CheckpointIndex>,
@@ -252,21 +250,17 @@ export async function executePlan(
   opts.onProgress?.(0, plan.sliceBytes);
   let i = 0;
   while (i < plan.tensors.length) {
-    const batch: TensorPlan[] = [];
-    let bytes = 0;
-    const fits = (n: number) => bytes + n <= batchBytes && bytes + n + SCRATCH_SLOTS * SCATTER_UNIT_BYTES <= MAX_BATCH_BUFFER;
-    while (i < plan.tensors.length && (batch.length === 0 || fits(align(plan.tensors[i].byteLength)))) {
-      bytes += align(plan.tensors[i].byteLength);
-      batch.push(plan.tensors[i++]);
-    }
     // One buffer per batch: its tensors (each on a TENSOR_ALIGN boundary), then the scratch slots
-    // when some reads scatter. Every byte of a tensor is written by exactly one copy (the plan covers
-    // its box), so no zero-fill.
+    // when some local reads scatter. Every byte of a tensor is written by exactly one copy (the plan
+    // covers its box), so no zero-fill.
+    const batch: TensorPlan[] = [];
     const bases: number[] = [];
     let size = 0;
-    for (const t of batch) {
+    const fits = (n: number) => size + n <= batchBytes && size + n + SCRATCH_SLOTS * SCATTER_UNIT_BYTES <= MAX_BATCH_BUFFER;
+    while (i < plan.tensors.length && (batch.length === 0 || fits(align(plan.tensors[i].byteLength)))) {
       bases.push(size);
-      size += align(t.byteLength);
+      size += align(plan.tensors[i].byteLength);
+      batch.push(plan.tensors[i++]);
     }
     const unitsByRank = new Map<number, ReadUnit[]>();
     let slotBytes = 0;
@@ -280,7 +274,9 @@ export async function executePlan(
         readUnitsOf(op, entry, bases[bi], units);
       }
     });
-    for (const units of unitsByRank.values()) for (const u of units) if (u.at === undefined) slotBytes = Math.max(slotBytes, align(u.length));
+    // Only files read with positional reads use the slots (remote and encrypted ones deliver buffers).
+    const direct = (rank: number) => opts.directLocal !== false && sources.get(rank)!.encryption === 'none' && !isRemote(sources.get(rank)!.source.uri);
+    for (const [rank, units] of unitsByRank) if (direct(rank)) for (const u of units) if (u.at === undefined) slotBytes = Math.max(slotBytes, align(u.length));
     const slots = slotBytes > 0 ? new ScratchSlots(size, SCRATCH_SLOTS, slotBytes) : undefined;
     const b = Buffer.allocUnsafeSlow(size + (slots ? SCRATCH_SLOTS * slotBytes : 0));
     const all = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
@@ -288,7 +284,7 @@ export async function executePlan(
       const index = sources.get(rank)!;
       const source = index.source;
       units.sort((a, b) => a.fileOffset - b.fileOffset);
-      if (opts.directLocal !== false && index.encryption === 'none' && (await readLocalDirect(source.uri, source.size, units, all, slots, opts.concurrency ?? 4, stats))) return;
+      if (direct(rank) && (await readLocalDirect(source.uri, source.size, units, all, slots, opts.concurrency ?? 4, stats))) return;
       // Units never overlap (distinct pieces are disjoint), so a range's offset identifies its unit.
       const byOffset = new Map(units.map((u) => [u.fileOffset, u]));
       const result = await readRanges(
