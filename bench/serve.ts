@@ -7,6 +7,7 @@ import { Server, ServerCredentials, credentials, type ServerDuplexStream, type S
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import * as http2 from 'node:http2';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { constants, PerformanceObserver } from 'node:perf_hooks';
 import { dirname, join } from 'node:path';
@@ -39,10 +40,11 @@ const log = (s: string) => process.stderr.write(s + '\n');
 
 interface Stats { requests: number; concurrency: number; p50_ms: number; p99_ms: number; mean_ms: number; throughput_rps: number; errors: number; p50_ms_of_repeats?: number[] }
 
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
 function stats(latencies: number[], wallMs: number, concurrency: number, errors: number): Stats {
   const s = [...latencies].sort((a, b) => a - b);
   const at = (q: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))];
-  const r3 = (x: number) => Math.round(x * 1000) / 1000;
   return {
     requests: s.length, concurrency, p50_ms: r3(at(0.5)), p99_ms: r3(at(0.99)), mean_ms: r3(s.reduce((a, b) => a + b, 0) / s.length),
     throughput_rps: Math.round((s.length / wallMs) * 1000 * 10) / 10, errors,
@@ -85,6 +87,40 @@ function grpcInfer(address: string, model: string, inputName: string, shape: num
   return {
     once: () => new Promise<void>((resolve, reject) => client.ModelInfer(request, { deadline: Date.now() + 30_000 }, (e: Error | null) => (e ? reject(e) : resolve()))),
     close: () => client.close(),
+  };
+}
+
+/**
+ * The leanest gRPC client Node allows, for measuring servers rather than clients: one HTTP/2
+ * connection (node:http2), the ModelInferRequest encoded once, and per call only HEADERS + DATA out
+ * and the reply's frames back. The reply is checked (grpc-status 0 and a message) but not decoded.
+ * A grpc-js client spends about 1 ms of CPU per unary call on this machine, which lands in every
+ * server's latency alike.
+ */
+function leanInfer(address: string, model: string, inputName: string, shape: number[], data: Float32Array) {
+  const session = http2.connect(`http://${address}`);
+  session.on('error', () => undefined);
+  const infer = (services().oip.service as any).ModelInfer;
+  const body = frameMessage(infer.requestSerialize({ model_name: model, inputs: [{ name: inputName, datatype: 'FP32', shape }], raw_input_contents: [Buffer.from(data.buffer, data.byteOffset, data.byteLength)] }));
+  const headers = { ':method': 'POST', ':path': infer.path as string, 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': '30S' };
+  return {
+    once: () => new Promise<void>((resolve, reject) => {
+      const call = session.request(headers);
+      let bytes = 0;
+      let status: string | undefined;
+      const timer = setTimeout(() => call.close(http2.constants.NGHTTP2_CANCEL), 30_000);
+      call.on('response', (h) => (status = h['grpc-status'] as string | undefined));
+      call.on('trailers', (t) => (status = t['grpc-status'] as string | undefined));
+      call.on('data', (c: Buffer) => (bytes += c.length));
+      call.on('error', () => undefined);
+      call.on('close', () => {
+        clearTimeout(timer);
+        if (status === '0' && bytes > 5) resolve();
+        else reject(new Error(`ModelInfer over node:http2: grpc-status ${status ?? 'none'}, ${bytes} reply bytes`));
+      });
+      call.end(body);
+    }),
+    close: () => session.close(),
   };
 }
 
@@ -155,14 +191,20 @@ async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: num
     const stream = streamEcho(address, hopShape, hopData);
     const linkEcho = await stageLinkEcho(`127.0.0.1:${h2Port}`, hopShape, hopData);
     const unary4H2 = grpcInfer(`127.0.0.1:${h2Port}`, 'net', 'x', mlpShape, mlpData);
+    const lean4 = leanInfer(address, 'net', 'x', mlpShape, mlpData);
+    const lean4H2 = leanInfer(`127.0.0.1:${h2Port}`, 'net', 'x', mlpShape, mlpData);
     const result = {
       unary_echo_model_input_c1: await loadMedian(unary4.once, N1, 1),
       unary_echo_model_input_grpc_h2_c1: await loadMedian(unary4H2.once, N1, 1),
+      unary_echo_model_input_lean_client_c1: await loadMedian(lean4.once, N1, 1),
+      unary_echo_model_input_grpc_h2_lean_client_c1: await loadMedian(lean4H2.once, N1, 1),
       unary_echo_64KiB_c1: await loadMedian(unary64.once, N1, 1),
       stream_echo_64KiB_c1: await loadMedian(stream.once, N1, 1),
       stream_echo_64KiB_grpc_h2_c1: await loadMedian(linkEcho.once, N1, 1),
     };
     linkEcho.close();
+    lean4.close();
+    lean4H2.close();
     unary4H2.close();
     unary4.close();
     unary64.close();
@@ -215,6 +257,24 @@ async function stageLinkEcho(address: string, shape: number[], data: Float32Arra
     once: async () => void (await link.send([tensor], [], Date.now() + 30_000)),
     close: () => link.close(),
   };
+}
+
+/**
+ * `run` between two reads of rank 0's stage-compute histogram (its /metrics): the mean time the
+ * stage spent in onnxruntime per request during `run`, measured inside the server.
+ */
+async function withOursCompute<T>(httpBase: string, run: () => Promise<T>): Promise<[T, number]> {
+  const read = async () => {
+    const text = await (await fetch(`${httpBase}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
+    const get = (what: string) => Number(new RegExp(`^shardserve_stage_compute_seconds_${what}\\{[^}]*stage="0"[^}]*\\} (\\S+)$`, 'm').exec(text)?.[1]);
+    return { sum: get('sum'), count: get('count') };
+  };
+  const before = await read();
+  const result = await run();
+  const after = await read();
+  const mean = ((after.sum - before.sum) / (after.count - before.count)) * 1000;
+  if (!Number.isFinite(mean)) throw new Error('rank 0 /metrics has no shardserve_stage_compute_seconds for stage 0');
+  return [result, mean];
 }
 
 /** A model whose stages cost nearly nothing, so a pipeline's extra latency is the hops: a 64 KiB activation. */
@@ -324,6 +384,19 @@ function ensureBenchVenv(): { python?: string; error?: string } {
   return { python };
 }
 
+/** Asks kserve_server.py for the session.run times since the last ask (it writes them on SIGUSR1). */
+async function kserveRuns(child: ChildProcess, report: string): Promise<{ count: number; mean_ms: number }> {
+  const file = `${report}.runs`;
+  rmSync(file, { force: true });
+  child.kill('SIGUSR1');
+  const until = Date.now() + 10_000;
+  while (!existsSync(file)) {
+    if (Date.now() > until) throw new Error('KServe model server did not report its session.run times within 10 s of SIGUSR1');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return JSON.parse(readFileSync(file, 'utf8'));
+}
+
 async function kserveRun(dir: string, net: SampleNetwork, shape: number[], data: Float32Array) {
   const venv = ensureBenchVenv();
   if (!venv.python) return { error: venv.error };
@@ -347,12 +420,21 @@ async function kserveRun(dir: string, net: SampleNetwork, shape: number[], data:
       await new Promise((r) => setTimeout(r, 250));
     }
     const info = JSON.parse(readFileSync(report, 'utf8'));
+    // The compute of exactly the timed requests, from KServe's process (kserve_server.py, SIGUSR1).
+    const runs = async <T>(run: () => Promise<T>): Promise<[T, number]> => {
+      await kserveRuns(child, report);
+      const result = await run();
+      return [result, (await kserveRuns(child, report)).mean_ms];
+    };
     const g = grpcInfer(`127.0.0.1:${grpcPort}`, 'net', 'x', shape, data);
-    const grpcC1 = await loadMedian(g.once, N1, 1);
+    const [grpcC1, grpcCompute] = await runs(() => loadMedian(g.once, N1, 1));
     const grpcC8 = await load(g.once, N8, 8);
     g.close();
+    const lean = leanInfer(`127.0.0.1:${grpcPort}`, 'net', 'x', shape, data);
+    const [leanC1, leanCompute] = await runs(() => loadMedian(lean.once, N1, 1));
+    lean.close();
     const restC1 = await loadMedian(restInfer(`http://127.0.0.1:${httpPort}`, 'net', 'x', shape, data), N1, 1);
-    return { info, grpc_c1: grpcC1, grpc_c8: grpcC8, rest_c1: restC1 };
+    return { info, grpc_c1: grpcC1, grpc_c8: grpcC8, grpc_lean_client_c1: leanC1, rest_c1: restC1, compute_in_server_mean_ms: { grpc_c1: r3(grpcCompute), grpc_lean_client_c1: r3(leanCompute) } };
   } finally {
     child.kill('SIGTERM');
     await new Promise((r) => setTimeout(r, 500));
@@ -380,8 +462,20 @@ async function main() {
       const c1 = await loadMedian(g.once, N1, 1);
       const c8 = await load(g.once, N8, 8);
       g.close();
-      const rest_c1 = stages === 1 ? await loadMedian(restInfer(httpBase, 'net', 'x', shape, input.data), N1, 1) : undefined;
-      return { grpc_c1: c1, grpc_c8: c8, ...(rest_c1 ? { rest_c1 } : {}) };
+      const g2 = grpcInfer(grpcAddr, 'net', 'x', shape, input.data);
+      let extra = {};
+      if (stages === 1) {
+        const lean = leanInfer(grpcAddr, 'net', 'x', shape, input.data);
+        const [grpc_lean_client_c1, leanCompute] = await withOursCompute(httpBase, () => loadMedian(lean.once, N1, 1));
+        lean.close();
+        const [grpc_c1, grpcCompute] = await withOursCompute(httpBase, () => loadMedian(g2.once, N1, 1));
+        extra = {
+          grpc_lean_client_c1, rest_c1: await loadMedian(restInfer(httpBase, 'net', 'x', shape, input.data), N1, 1),
+          compute_in_server_mean_ms: { grpc_c1: r3(grpcCompute), grpc_lean_client_c1: r3(leanCompute), grpc_c1_p50_ms: grpc_c1.p50_ms },
+        };
+      }
+      g2.close();
+      return { grpc_c1: c1, grpc_c8: c8, ...extra };
     });
   }
 
@@ -427,7 +521,6 @@ async function main() {
 
   const ours1 = (pipeline['1_stages'] as any).grpc_c1.p50_ms as number;
   const oursOverhead = ours1 - single.c1.p50_ms;
-  const r3 = (x: number) => Math.round(x * 1000) / 1000;
   const result = {
     benchmark: 'serve',
     started,
@@ -479,6 +572,24 @@ async function main() {
         // Reachable when the bare echo on our transport (no model, no validation) fits in a third of KServe's overhead.
         target_reachable: floor.unary_echo_model_input_grpc_h2_c1.p50_ms <= theirs / 3,
         rest: { ours_ms: r3(oursRest), kserve_ms: r3(theirsRest), ratio: r3(oursRest / theirsRest) },
+        lean_client: (() => {
+          const ours = (pipeline['1_stages'] as any).grpc_lean_client_c1.p50_ms - single.c1.p50_ms;
+          const kserveLean = k.grpc_lean_client_c1.p50_ms - k.info.ort_p50_ms;
+          return {
+            method: 'the same subtraction with a bare node:http2 gRPC client (request encoded once, reply checked, not decoded) instead of grpc-js, whose own CPU per call is in both servers\' numbers above',
+            ours_ms: r3(ours), kserve_ms: r3(kserveLean), ratio: r3(ours / kserveLean), target_ratio: 1 / 3, meets_target: ours <= kserveLean / 3,
+            unary_echo_floor_ms: { grpc_js_server: floor.unary_echo_model_input_lean_client_c1.p50_ms, grpc_h2_server: floor.unary_echo_model_input_grpc_h2_lean_client_c1.p50_ms },
+          };
+        })(),
+        compute_measured_in_server: (() => {
+          const o = (pipeline['1_stages'] as any);
+          const pair = (ours: number, theirs: number) => ({ ours_ms: r3(ours), kserve_ms: r3(theirs), ratio: r3(ours / theirs), target_ratio: 1 / 3, meets_target: ours <= theirs / 3 });
+          return {
+            method: 'ModelInfer p50 at concurrency 1 minus the mean time the same requests spent in onnxruntime inside the server (rank 0\'s stage-compute histogram; session.run timed in KServe\'s predict): a model run between requests takes longer than back to back (caches, an idle core), which the subtractions above leave in both servers\' overhead',
+            grpc_js_client: pair(o.compute_in_server_mean_ms.grpc_c1_p50_ms - o.compute_in_server_mean_ms.grpc_c1, k.grpc_c1.p50_ms - k.compute_in_server_mean_ms.grpc_c1),
+            lean_client: pair(o.grpc_lean_client_c1.p50_ms - o.compute_in_server_mean_ms.grpc_lean_client_c1, k.grpc_lean_client_c1.p50_ms - k.compute_in_server_mean_ms.grpc_lean_client_c1),
+          };
+        })(),
       };
     })(),
   };
