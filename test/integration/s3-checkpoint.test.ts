@@ -126,11 +126,15 @@ describe('checkpoints over s3:// and http:// equal the local run', () => {
       if (!/\.(ckpt|safetensors)$/.test(o.key)) continue;
       const a = await openCheckpointObject(local, o.key);
       const b = await openCheckpointObject(s3, o.key);
-      expect([...b.tensors.keys()]).toEqual([...a.tensors.keys()]);
-      for (const [tname, e] of a.tensors) {
-        const x = await readTensorBytes(a, e, 0, e.byteLength);
-        const y = await readTensorBytes(b, b.tensors.get(tname)!, 0, e.byteLength);
-        expect(Buffer.compare(Buffer.from(y), Buffer.from(x)), tname).toBe(0);
+      try {
+        expect([...b.tensors.keys()]).toEqual([...a.tensors.keys()]);
+        for (const [tname, e] of a.tensors) {
+          const x = await readTensorBytes(a, e, 0, e.byteLength);
+          const y = await readTensorBytes(b, b.tensors.get(tname)!, 0, e.byteLength);
+          expect(Buffer.compare(Buffer.from(y), Buffer.from(x)), tname).toBe(0);
+        }
+      } finally {
+        await Promise.all([a.source.close(), b.source.close()]);
       }
     }
   });
@@ -196,7 +200,7 @@ describe('byte accounting through a counting proxy', () => {
     for (const f of plan.files) {
       const { storage, key } = await (await import('../../core/storage/storage.js')).openParent(f.uri);
       const src = await storage.open(key);
-      const res = await readRanges(src, f.ranges.map(([offset, length]) => ({ offset, length })), { coalesceGap: -1 }, () => {});
+      const res = await readRanges(src, f.ranges.map(([offset, length]) => ({ offset, length })), { coalesceGap: -1 }, () => {}).finally(() => src.close());
       total += res.bytesTransferred;
     }
     const rangedBytes = proxy.gets.filter((g) => g.range).reduce((a, g) => a + g.bytes, 0);
