@@ -9,7 +9,7 @@ Before serving it times session.run on the same input so the benchmark can subtr
 compute from KServe's end-to-end latency (its front-door overhead). While serving it also times
 every session.run inside predict: on SIGUSR1 it writes those (count, mean, p50 in ms) to
 KSB_REPORT + ".runs" and starts counting afresh, so the benchmark can subtract the compute of the
-very requests it timed.
+requests of one measured round (its short warm-up included).
 """
 import importlib.metadata
 import json

@@ -275,7 +275,8 @@ async function stageLinkEcho(address: string, shape: number[], data: Float32Arra
 
 /**
  * `run` between two reads of rank 0's stage-compute histogram (its /metrics): the mean time the
- * stage spent in onnxruntime per request during `run`, measured inside the server.
+ * stage spent in onnxruntime per request during `run` (load's short warm-up included), measured
+ * inside the server.
  */
 async function withOursCompute<T>(httpBase: string, run: () => Promise<T>): Promise<[T, number]> {
   const read = async () => {
@@ -455,7 +456,7 @@ async function startKserve(dir: string, net: SampleNetwork, shape: number[]): Pr
   const info = JSON.parse(readFileSync(report, 'utf8'));
   const door: FrontDoor = {
     grpc: `127.0.0.1:${grpcPort}`, http: `http://127.0.0.1:${httpPort}`, ortP50: info.ort_p50_ms,
-    // The compute of exactly the timed requests, from KServe's process (kserve_server.py, SIGUSR1).
+    // The compute of the requests `run` made (load's short warm-up included), from KServe's process (kserve_server.py, SIGUSR1).
     withCompute: async (run) => {
       await kserveRuns(child, report);
       const result = await run();
@@ -635,7 +636,7 @@ async function main() {
     },
     kserve,
     front_door_overhead: {
-      method: `ours = rank 0 of a 1-stage group, KServe = its Python model server, same merged model, both up at once; ${ROUNDS} rounds, each of ${N1} requests at concurrency 1 against one and then the other (order alternating), with each client: grpc-js, a bare node:http2 gRPC client (request encoded once, reply checked, not decoded: grpc-js spends about 1 ms of CPU per call, the same in both servers' numbers), and REST with JSON data both ways. Overhead = p50 minus the model's compute, taken two ways: session.run p50 back to back in the server's own language (Node for ours, Python for KServe), or the mean session.run time of the same requests measured inside the server (rank 0's stage-compute histogram; KServe's predict, timed by kserve_server.py), since a run between requests takes longer than back to back. ratio = median over rounds of ours / KServe`,
+      method: `ours = rank 0 of a 1-stage group, KServe = its Python model server, same merged model, both up at once; ${ROUNDS} rounds, each of ${N1} requests at concurrency 1 against one and then the other (order alternating), with each client: grpc-js, a bare node:http2 gRPC client (request encoded once, reply checked, not decoded: grpc-js spends about 1 ms of CPU per call, the same in both servers' numbers), and REST with JSON data both ways. Overhead = p50 minus the model's compute, taken two ways: session.run p50 back to back in the server's own language (Node for ours, Python for KServe), or the mean session.run time measured inside the server over the same round (its ${WARMUP} warm-up requests included) (rank 0's stage-compute histogram; KServe's predict, timed by kserve_server.py), since a run between requests takes longer than back to back. ratio = median over rounds of ours / KServe`,
       target_ratio: 1 / 3,
       ...frontDoors,
       unary_echo_floor_ms: {
