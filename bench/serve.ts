@@ -215,6 +215,7 @@ async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: num
       unary_echo_64KiB_c1: await loadMedian(unary64.once, N1, 1),
       stream_echo_64KiB_c1: await loadMedian(stream.once, N1, 1),
       stream_echo_64KiB_grpc_h2_c1: await loadMedian(linkEcho.once, N1, 1),
+      stream_echo_64KiB_grpc_h2_after_5ms_idle_c1: await afterIdle(linkEcho.once, 5, N1),
     };
     linkEcho.close();
     lean4.close();
@@ -228,6 +229,23 @@ async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: num
     child.stdin!.end();
     child.kill('SIGTERM');
   }
+}
+
+/**
+ * `total` calls of `once`, each after `idleMs` with nothing to do (only the call is timed): what each
+ * rank of a pipeline at concurrency 1 sees between its turns, and on this machine an idle process
+ * answers more slowly than a busy one.
+ */
+async function afterIdle(once: () => Promise<void>, idleMs: number, total: number): Promise<Stats> {
+  const latencies: number[] = [];
+  const t0 = performance.now();
+  for (let i = 0; i < total; i++) {
+    await new Promise((resolve) => setTimeout(resolve, idleMs));
+    const s = performance.now();
+    await once();
+    latencies.push(performance.now() - s);
+  }
+  return stats(latencies, performance.now() - t0, 1, 0);
 }
 
 /** One message each way on one long-lived StageService.Forward stream: a stage hop's transport alone. */
@@ -329,16 +347,97 @@ async function singleProcess(net: SampleNetwork, shape: number[], data: Float32A
   return { c1, c8 };
 }
 
-async function withGroup<T>(dir: string, net: SampleNetwork, stages: number, fn: (grpc: string, http: string) => Promise<T>): Promise<T> {
+/** `stages` ranks as local processes (what `shardserve up` runs), ready to serve. */
+async function startGroup(dir: string, net: SampleNetwork, stages: number): Promise<{ grpc: string; http: string; group: LocalGroup; stop: () => Promise<void> }> {
   const fixture = writeServeFixture(join(dir, `${net.model.graph!.name}-${stages}`), net, stages);
   const ports = { grpc: await freePort(), http: await freePort(), rank: await freePortRange(stages) };
   const group = new LocalGroup({ config: fixtureConfig(fixture, ports, 'net'), log: () => {} });
   group.start();
+  const stop = () => group.stop(10_000);
   try {
     await group.waitReady(180_000);
-    return await fn(`127.0.0.1:${ports.grpc}`, `http://127.0.0.1:${ports.http}`);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { grpc: `127.0.0.1:${ports.grpc}`, http: `http://127.0.0.1:${ports.http}`, group, stop };
+}
+
+async function withGroup<T>(dir: string, net: SampleNetwork, stages: number, fn: (grpc: string, http: string) => Promise<T>): Promise<T> {
+  const g = await startGroup(dir, net, stages);
+  try {
+    return await fn(g.grpc, g.http);
   } finally {
-    await group.stop(10_000);
+    await g.stop();
+  }
+}
+
+/** CPU time (user + system, every thread) a process has used so far, in ms, from /proc (10 ms ticks). */
+function processCpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+const HOP_STAGES = [1, 2, 4] as const;
+const HOP_CLIENTS = ['grpc_js_client', 'lean_client'] as const;
+interface HopResult {
+  p50_ms_by_stages: Record<number, number>;
+  added_p50_ms_per_hop_from_2_stages: number;
+  added_p50_ms_per_hop_from_4_stages: number;
+  by_round: { from_2_stages: number[]; from_4_stages: number[] };
+  meets_target: boolean;
+  p50_ms_of_rounds_by_stages: Record<number, number[]>;
+}
+
+/**
+ * The stage hop, side by side: groups of 1, 2 and 4 stages up at once (each idle while another is
+ * measured), ROUNDS rounds of N1 requests at concurrency 1 against each in turn (order alternating),
+ * with each client. A slow spell of the machine lands on every group of a round alike, and the
+ * per-hop figure is taken within a round. Also each rank process's CPU time per request.
+ */
+async function hopsSideBySide(dir: string, net: SampleNetwork): Promise<Record<(typeof HOP_CLIENTS)[number], HopResult> & { cpu_ms_per_request_by_rank: Record<number, number[]> }> {
+  const x = net.sampleInput(1).x;
+  const groups: Awaited<ReturnType<typeof startGroup>>[] = [];
+  try {
+    for (const stages of HOP_STAGES) groups.push(await startGroup(dir, net, stages));
+    const clients = Object.fromEntries(HOP_CLIENTS.map((kind) => [kind, groups.map((g) =>
+      kind === 'grpc_js_client' ? grpcInfer(g.grpc, 'net', 'x', x.dims, x.data) : leanInfer(g.grpc, 'net', 'x', x.dims, x.data))]));
+    for (const kind of HOP_CLIENTS) await warmUp(...clients[kind].map((c) => c.once));
+    const p50s = Object.fromEntries(HOP_CLIENTS.map((kind) => [kind, HOP_STAGES.map(() => [] as number[])]));
+    const cpuMs = HOP_STAGES.map((stages) => new Array<number>(stages).fill(0));
+    const requests = HOP_STAGES.map(() => 0);
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const kind of HOP_CLIENTS) {
+        for (const i of round % 2 === 0 ? [0, 1, 2] : [2, 1, 0]) {
+          const pids = Array.from({ length: HOP_STAGES[i] }, (_, r) => groups[i].group.pid(r)!);
+          const before = pids.map(processCpuMs);
+          p50s[kind][i].push((await load(clients[kind][i].once, N1, 1)).p50_ms);
+          pids.forEach((pid, r) => (cpuMs[i][r] += processCpuMs(pid) - before[r]));
+          requests[i] += N1 + WARMUP;
+        }
+      }
+    }
+    for (const kind of HOP_CLIENTS) for (const c of clients[kind]) c.close();
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    const result = (kind: (typeof HOP_CLIENTS)[number]): HopResult => {
+      const perHop = (i: number) => p50s[kind][i].map((p, round) => (p - p50s[kind][0][round]) / (HOP_STAGES[i] - 1));
+      const [from2, from4] = [perHop(1), perHop(2)];
+      return {
+        p50_ms_by_stages: Object.fromEntries(HOP_STAGES.map((stages, i) => [stages, median(p50s[kind][i])])),
+        added_p50_ms_per_hop_from_2_stages: r3(median(from2)),
+        added_p50_ms_per_hop_from_4_stages: r3(median(from4)),
+        by_round: { from_2_stages: from2.map(r3), from_4_stages: from4.map(r3) },
+        meets_target: Math.max(median(from2), median(from4)) <= 0.5,
+        p50_ms_of_rounds_by_stages: Object.fromEntries(HOP_STAGES.map((stages, i) => [stages, p50s[kind][i]])),
+      };
+    };
+    return {
+      grpc_js_client: result('grpc_js_client'),
+      lean_client: result('lean_client'),
+      cpu_ms_per_request_by_rank: Object.fromEntries(HOP_STAGES.map((stages, i) => [stages, cpuMs[i].map((ms) => r3(ms / requests[i]))])),
+    };
+  } finally {
+    for (const g of groups) await g.stop();
   }
 }
 
@@ -536,19 +635,10 @@ async function main() {
     });
   }
 
-  log('bench: stage hop with a 64 KiB activation ...');
+  log('bench: stage hop with a 64 KiB activation: 1, 2 and 4 stages side by side ...');
   const hop = hopNetwork(4);
   const hopInput = hop.sampleInput(1).x;
-  const hopP50: Record<number, number> = {};
-  for (const stages of [1, 2, 4]) {
-    hopP50[stages] = await withGroup(dir, hop, stages, async (grpcAddr) => {
-      const g = grpcInfer(grpcAddr, 'net', 'x', hopInput.dims, hopInput.data);
-      await warmUp(g.once);
-      const s = await loadMedian(g.once, N1, 1);
-      g.close();
-      return s.p50_ms;
-    });
-  }
+  const hops = await hopsSideBySide(dir, hop);
   const inProcP50: Record<number, number> = {};
   const inProcCpu: Record<number, number> = {};
   const inProcGc: Record<number, { pause_ms_per_request: number; major_per_100_requests: number }> = {};
@@ -569,8 +659,8 @@ async function main() {
       }] as const;
     });
   }
-  const perHop2 = hopP50[2] - hopP50[1];
-  const perHop4 = (hopP50[4] - hopP50[1]) / 3;
+  // The floor comparisons below use the grpc-js client, as the floors' own clients do.
+  const perHop4 = hops.grpc_js_client.added_p50_ms_per_hop_from_4_stages;
 
   log('bench: floor: a bare grpc-js echo server in its own process, same client ...');
   const floor = await floorRun(shape, input.data, hopInput.dims, hopInput.data);
@@ -608,12 +698,10 @@ async function main() {
     shardserve: pipeline,
     stage_hop_64KiB: {
       activation_bytes: 65536,
-      p50_ms_by_stages: hopP50,
-      added_p50_ms_per_hop_from_2_stages: r3(perHop2),
-      added_p50_ms_per_hop_from_4_stages: r3(perHop4),
       target_ms: 0.5,
-      meets_target: Math.max(perHop2, perHop4) <= 0.5,
-      method: 'p50 end-to-end latency (gRPC front door, concurrency 1) of a model whose stages are one Add on a [1,16384] float32 tensor, cut into P stages; per hop = (p50(P) - p50(1)) / (P - 1)',
+      method: `p50 end-to-end latency (gRPC front door, concurrency 1) of a model whose stages are one Add on a [1,16384] float32 tensor, cut into P stages; per hop = (p50(P) - p50(1)) / (P - 1). Groups of 1, 2 and 4 stages are up at once and measured in turns: ${ROUNDS} rounds of ${N1} requests against each (order alternating), with the grpc-js client and with the bare node:http2 client; per hop is taken within each round, and the median over rounds is reported`,
+      ...hops,
+      cpu_note: 'cpu_ms_per_request_by_rank: CPU time (user + system, all threads) each rank process used per request over the rounds, warm-ups included; rank 0 also runs the front door',
       in_process: {
         p50_ms_by_stages: inProcP50,
         added_p50_ms_per_hop_from_4_stages: r3((inProcP50[4] - inProcP50[1]) / 3),
@@ -626,7 +714,7 @@ async function main() {
     },
     floor: {
       ...floor,
-      method: 'the same Node gRPC client against a bare grpc-js server (own process, same .proto and codecs, no model) that echoes the request: what the client, HTTP/2 and the OS cost without any server work; the *_grpc_h2 floors are the same echoes on our own transport (grpc-h2.ts), which the front door and the rank port use: the same grpc-js client for ModelInfer, a StageLink on the client end of the stage stream',
+      method: 'the same Node gRPC client against a bare grpc-js server (own process, same .proto and codecs, no model) that echoes the request: what the client, HTTP/2 and the OS cost without any server work; the *_grpc_h2 floors are the same echoes on our own transport (grpc-h2.ts), which the front door and the rank port use: the same grpc-js client for ModelInfer, a StageLink on the client end of the stage stream; *_after_5ms_idle: each echo follows 5 ms of idle time, as each rank of a pipeline at concurrency 1 sits idle between its turns',
       front_door_overhead_over_unary_echo_ms: r3(oursOverhead - floor.unary_echo_model_input_c1.p50_ms),
       stage_hop_p50_ms_per_hop_over_stream_echo_ms: r3(perHop4 - floor.stream_echo_64KiB_c1.p50_ms),
       hop_ratio_to_stream_echo: r3(perHop4 / floor.stream_echo_64KiB_c1.p50_ms),
