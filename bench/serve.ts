@@ -49,6 +49,8 @@ const log = (s: string) => process.stderr.write(s + '\n');
 interface Stats { requests: number; concurrency: number; p50_ms: number; p99_ms: number; mean_ms: number; throughput_rps: number; errors: number; p50_ms_of_repeats?: number[] }
 
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
+/** The middle value (the upper one of an even count), as the rounds' ratios are reported. */
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 function stats(latencies: number[], wallMs: number, concurrency: number, errors: number): Stats {
   const s = [...latencies].sort((a, b) => a - b);
@@ -418,7 +420,6 @@ async function hopsSideBySide(dir: string, net: SampleNetwork): Promise<Record<(
       }
     }
     for (const kind of HOP_CLIENTS) for (const c of clients[kind]) c.close();
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
     const result = (kind: (typeof HOP_CLIENTS)[number]): HopResult => {
       const perHop = (i: number) => p50s[kind][i].map((p, round) => (p - p50s[kind][0][round]) / (HOP_STAGES[i] - 1));
       const [from2, from4] = [perHop(1), perHop(2)];
@@ -593,7 +594,6 @@ async function frontDoorsSideBySide(ours: FrontDoor, kserve: FrontDoor, shape: n
     }
   }
   for (const kind of CLIENTS) for (const who of ['ours', 'kserve'] as const) clients[kind][who].close();
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const compare = (kind: (typeof CLIENTS)[number], overhead: (door: FrontDoor, r: Round) => number) => {
     const ratios = rounds[kind].ours.map((r, i) => overhead(ours, r) / overhead(kserve, rounds[kind].kserve[i]));
     const ratio = median(ratios);
