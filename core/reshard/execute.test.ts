@@ -1,6 +1,16 @@
-import { describe, expect, it } from 'vitest';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { createTensorFileWriter } from '../checkpoint/writer.js';
+import type { CheckpointIndex } from '../checkpoint/types.js';
+import { indexCkpt } from '../ckpt/reader.js';
+import { extractBox, layoutOf, strategyOf } from '../layout/test-builders.js';
+import { planRank, type SourceFile } from '../plan/planner.js';
 import { copyForOverlap, forEachRun, runCount, sourceSpan } from '../plan/runs.js';
-import { scatterDense, tilesDensely } from './execute.js';
+import { openLocalSource } from '../storage/source.js';
+import { denseViews, executePlan, scatterDense, tilesDensely } from './execute.js';
 
 describe('scatterDense', () => {
   it('places every byte where forEachRun does, for any split of the source stretch into parts, from a buffer or from inside the destination buffer', () => {
@@ -40,11 +50,94 @@ describe('scatterDense', () => {
         within.set(srcBytes.subarray(a, z), scratch);
         scatterDense(op, a, z - a, scratch, within, base);
       }
+      // The same stretches read into denseViews in order (what one vectored read does).
+      const viaViews = new Uint8Array(base + dstLen + 3).fill(0xee).fill(0, base, base + dstLen);
+      for (let a = op.srcOffset; a < op.srcOffset + span; a += part) {
+        const z = Math.min(a + part, op.srcOffset + span);
+        let at = a;
+        for (const v of denseViews(op, a, z - a, viaViews, base)) {
+          v.set(srcBytes.subarray(at, at + v.byteLength));
+          at += v.byteLength;
+        }
+        expect(at).toBe(z);
+      }
+      expect(viaViews.subarray(base, base + dstLen)).toEqual(want);
+      expect(viaViews.subarray(0, base).every((x) => x === 0xee) && viaViews.subarray(base + dstLen).every((x) => x === 0xee)).toBe(true);
       expect(got).toEqual(want);
       expect(within.subarray(base, base + dstLen)).toEqual(want);
       expect(within.subarray(0, base).every((x) => x === 0xee) && within.subarray(base + dstLen, scratch).every((x) => x === 0xee)).toBe(true);
       checked++;
     }
     expect(checked).toBeGreaterThan(50);
+  });
+});
+
+describe('executePlan on local files', () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    vi.restoreAllMocks();
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+
+  /**
+   * Column-split weights (TP 2 on dim 1) merged to one device: every destination row interleaves
+   * runs from both files. Runs of 400 B take the vectored-read path; 6000 rows make a source stretch
+   * of 2.4 MB, so a 2 MiB read unit ends inside a run and a unit has more than IOV_MAX runs. `chunk`
+   * splits the .ckpt records (as MindSpore does every 512 MiB) so runs also straddle records.
+   */
+  async function mergeColumns(chunk: number | undefined, runBytes: number, opts: { directLocal?: boolean } = {}) {
+    const dir = mkdtempSync(join(tmpdir(), 'execute-'));
+    dirs.push(dir);
+    const rows = 6000;
+    const cols = (2 * runBytes) / 4;
+    const full = Uint8Array.from({ length: rows * cols * 4 }, (_, i) => (i * 131 + (i >>> 9)) & 0xff);
+    const strategy = strategyOf([{ w: layoutOf([2], [-1, 0]), b: layoutOf([2], [0]) }]);
+    const bias = Uint8Array.from({ length: cols * 4 }, (_, i) => (i * 7) & 0xff);
+    const files = new Map<number, SourceFile>();
+    const indexes = new Map<number, CheckpointIndex>();
+    for (const rank of [0, 1]) {
+      const path = join(dir, `rank_${rank}`, 'net.ckpt');
+      mkdirSync(join(dir, `rank_${rank}`));
+      const w = await createTensorFileWriter(path, 'mindspore-ckpt', [{ name: 'b', dtype: 'F32', shape: [cols / 2] }, { name: 'w', dtype: 'F32', shape: [rows, cols / 2] }], { ckptChunkBytes: chunk });
+      await w.writeAt('b', 0, bias.subarray(rank * cols * 2, (rank + 1) * cols * 2));
+      await w.writeAt('w', 0, extractBox(full, [rows, cols], { offsets: [0, rank * (cols / 2)], sizes: [rows, cols / 2] }, 4));
+      await w.commit();
+      const index = await indexCkpt(await openLocalSource(path));
+      indexes.set(rank, index);
+      files.set(rank, { rank, uri: path, tensors: index.tensors });
+    }
+    const plan = planRank({ source: strategy, files, destination: { kind: 'single' }, rank: 0 });
+    const out = new Map<string, Uint8Array>();
+    const stats = await executePlan(plan, indexes, (t, data) => void out.set(t.name, Uint8Array.from(data)), { directLocal: opts.directLocal });
+    for (const index of indexes.values()) await index.source.close();
+    return { full, bias, out, stats };
+  }
+
+  async function readvSpy() {
+    const probe = await open(import.meta.filename ?? new URL(import.meta.url).pathname, 'r');
+    const proto = Object.getPrototypeOf(probe);
+    await probe.close();
+    return vi.spyOn(proto, 'readv');
+  }
+
+  it.each([undefined, 1_000_003])('puts interleaved runs of 400 B in place with vectored reads (records split every %s bytes)', async (chunk) => {
+    const readv = await readvSpy();
+    const { full, bias, out, stats } = await mergeColumns(chunk, 400);
+    expect(Buffer.from(out.get('w')!).equals(Buffer.from(full))).toBe(true);
+    expect(Buffer.from(out.get('b')!).equals(Buffer.from(bias))).toBe(true);
+    expect(stats.readBytes).toBe(full.length + bias.length);
+    // 6000 runs per file, at most 1024 buffers per call: at least 6 vectored reads per file.
+    expect(readv.mock.calls.length).toBeGreaterThanOrEqual(12);
+    expect(readv.mock.calls.every(([views]) => (views as Uint8Array[]).length <= 1024)).toBe(true);
+  });
+
+  it('moves runs shorter than 128 B through scratch slots instead, and gives the same bytes as without the local fast path', async () => {
+    const readv = await readvSpy();
+    const small = await mergeColumns(undefined, 64);
+    expect(readv).not.toHaveBeenCalled();
+    expect(Buffer.from(small.out.get('w')!).equals(Buffer.from(small.full))).toBe(true);
+    const viaRanges = await mergeColumns(1_000_003, 400, { directLocal: false });
+    expect(readv).not.toHaveBeenCalled();
+    expect(Buffer.from(viaRanges.out.get('w')!).equals(Buffer.from(viaRanges.full))).toBe(true);
   });
 });

@@ -45,6 +45,11 @@ interface ReadUnit {
    * their own.
    */
   scatter(from: number | Uint8Array, out: Uint8Array): void;
+  /**
+   * Set when the bytes scatter in runs long enough for a vectored read: their places in `out`, in
+   * file order, so a local file is read straight into them (no scratch slot, no second copy).
+   */
+  views?(out: Uint8Array): Uint8Array[];
 }
 
 /** Reads of at most this many bytes each, so a large piece never sits in memory twice. */
@@ -53,6 +58,16 @@ const UNIT_BYTES = 8 * 1024 * 1024;
 const SCATTER_UNIT_BYTES = 2 * 1024 * 1024;
 /** Scratch slots per batch (shared by every file's readers). */
 const SCRATCH_SLOTS = 8;
+/**
+ * Scattered runs at least this long are read with vectored reads straight into place; shorter ones
+ * go through a scratch slot and are copied on the main thread. Measured on 2 cores, reading two
+ * files' runs interleaved into one fresh buffer, read then copy one unit at a time: vectored reads
+ * took 0.85x the time for 128-byte runs, 0.63x for 256 B and 0.60x for 768 B. (In a whole load the
+ * copies overlap other units' reads, so the wall-time gain is smaller; the main thread is freed.)
+ */
+const VECTORED_MIN_RUN = 128;
+/** Buffers per vectored read (Linux's IOV_MAX; libuv reads at most this many per call). */
+const IOV_MAX = 1024;
 /** Tensors start on this boundary in the batch buffer. */
 const TENSOR_ALIGN = 64;
 /** Largest batch buffer (tensors plus scratch); larger batches are split. */
@@ -73,11 +88,11 @@ export function tilesDensely(op: CopyOp): boolean {
 }
 
 /**
- * Copies the bytes of source-tensor stretch [lo, lo + length) of a densely tiling copy to the
- * destination tensor at `out[base..]`, run by run, with no per-run closures, arrays or views. The
- * stretch is `from`: its offset in `out` (moved with copyWithin) or a buffer of its own.
+ * Visits, in source order, the runs of source-tensor stretch [lo, lo + length) of a densely tiling
+ * copy: `visit(dst, rel, len)` with `dst` the run's (possibly clipped) destination offset relative to
+ * the destination tensor and `rel` its offset within the stretch. No per-run arrays or views.
  */
-export function scatterDense(op: CopyOp, lo: number, length: number, from: number | Uint8Array, out: Uint8Array, base: number): void {
+function forEachDenseRun(op: CopyOp, lo: number, length: number, visit: (dst: number, rel: number, len: number) => void): void {
   const rb = op.runBytes;
   const hi = lo + length;
   const depth = op.counts.length;
@@ -85,21 +100,19 @@ export function scatterDense(op: CopyOp, lo: number, length: number, from: numbe
   const end = Math.ceil((hi - op.srcOffset) / rb);
   // Multi-index of run j and its destination offset.
   const idx = new Array<number>(depth).fill(0);
-  let dst = base + op.dstOffset;
+  let dst = op.dstOffset;
   let rest = j;
   for (let d = depth - 1; d >= 0; d--) {
     idx[d] = rest % op.counts[d];
     rest = Math.floor(rest / op.counts[d]);
     dst += idx[d] * op.dstStrides[d];
   }
-  const within = typeof from === 'number';
   const inner = depth - 1;
   for (; j < end; j++) {
     const src = op.srcOffset + j * rb;
     const a = src < lo ? lo : src;
     const z = src + rb > hi ? hi : src + rb;
-    if (within) out.copyWithin(dst + (a - src), from + (a - lo), from + (z - lo));
-    else out.set(from.subarray(a - lo, z - lo), dst + (a - src));
+    visit(dst + (a - src), a - lo, z - a);
     if (depth === 0) break;
     // Next run: step the innermost index, carrying outwards.
     let d = inner;
@@ -114,6 +127,28 @@ export function scatterDense(op: CopyOp, lo: number, length: number, from: numbe
       idx[d]++;
     }
   }
+}
+
+/**
+ * Copies the bytes of source-tensor stretch [lo, lo + length) of a densely tiling copy to the
+ * destination tensor at `out[base..]`, run by run. The stretch is `from`: its offset in `out` (moved
+ * with copyWithin) or a buffer of its own.
+ */
+export function scatterDense(op: CopyOp, lo: number, length: number, from: number | Uint8Array, out: Uint8Array, base: number): void {
+  if (typeof from === 'number') forEachDenseRun(op, lo, length, (dst, rel, len) => out.copyWithin(base + dst, from + rel, from + rel + len));
+  else forEachDenseRun(op, lo, length, (dst, rel, len) => out.set(from.subarray(rel, rel + len), base + dst));
+}
+
+/**
+ * The places in `out[base..]` of the bytes of source-tensor stretch [lo, lo + length) of a densely
+ * tiling copy, in source order: reading the stretch into these views (one vectored read) puts every
+ * byte where scatterDense would.
+ */
+export function denseViews(op: CopyOp, lo: number, length: number, out: Uint8Array, base: number): Uint8Array[] {
+  const views: Uint8Array[] = [];
+  const at = out.byteOffset + base;
+  forEachDenseRun(op, lo, length, (dst, _rel, len) => views.push(new Uint8Array(out.buffer, at + dst, len)));
+  return views;
 }
 
 /**
@@ -137,6 +172,7 @@ function readUnitsOf(op: CopyOp, entry: TensorEntry, base: number, units: ReadUn
           fileOffset,
           length,
           at: contiguous ? base + op.dstOffset + (tensorOffset - op.srcOffset) : undefined,
+          views: dense && !contiguous && op.runBytes >= VECTORED_MIN_RUN ? (out) => denseViews(op, tensorOffset, length, out, base) : undefined,
           scatter: dense
             ? (from, out) => scatterDense(op, tensorOffset, length, from, out, base)
             : (from, out) => {
@@ -203,6 +239,11 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all
     const worker = async () => {
       while (next < units.length) {
         const u = units[next++];
+        if (u.at === undefined && u.views) {
+          await readvFully(handle, u.views(all), u.fileOffset, uri);
+          stats.requests++;
+          continue;
+        }
         const slot = u.at === undefined ? await slots!.acquire() : undefined;
         try {
           const at = u.at ?? slot!;
@@ -226,6 +267,25 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all
     return true;
   } finally {
     await handle.close();
+  }
+}
+
+/** Reads consecutive file bytes from `position` into `views` in order, IOV_MAX views per call, resuming after short reads. */
+async function readvFully(handle: FileHandle, views: Uint8Array[], position: number, uri: string): Promise<void> {
+  let i = 0;
+  while (i < views.length) {
+    const batch = views.slice(i, i + IOV_MAX);
+    const want = batch.reduce((s, v) => s + v.byteLength, 0);
+    const { bytesRead } = await handle.readv(batch, position);
+    if (bytesRead === 0) throw new ShardserveError('ShortRead', `${uri}: file ended at ${position}, expected ${position + want} bytes`, { file: uri });
+    position += bytesRead;
+    if (bytesRead === want) {
+      i += batch.length;
+      continue;
+    }
+    let left = bytesRead;
+    while (left >= views[i].byteLength) left -= views[i++].byteLength;
+    if (left > 0) views[i] = views[i].subarray(left);
   }
 }
 
@@ -276,7 +336,7 @@ export async function executePlan(
     });
     // Only files read with positional reads use the slots (remote and encrypted ones deliver buffers).
     const direct = (rank: number) => opts.directLocal !== false && sources.get(rank)!.encryption === 'none' && !isRemote(sources.get(rank)!.source.uri);
-    for (const [rank, units] of unitsByRank) if (direct(rank)) for (const u of units) if (u.at === undefined) slotBytes = Math.max(slotBytes, align(u.length));
+    for (const [rank, units] of unitsByRank) if (direct(rank)) for (const u of units) if (u.at === undefined && !u.views) slotBytes = Math.max(slotBytes, align(u.length));
     const slots = slotBytes > 0 ? new ScratchSlots(size, SCRATCH_SLOTS, slotBytes) : undefined;
     const b = Buffer.allocUnsafeSlow(size + (slots ? SCRATCH_SLOTS * slotBytes : 0));
     const all = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
