@@ -161,14 +161,18 @@ const LOCAL_ETAG = /^\d+-\d+(\.\d+)?$/;
  *   they must be equal;
  * - when a manifest written from a local directory is read through a web server (local `size-mtime`
  *   there, the server's own ETag here), the modification times must agree to the second (HTTP
- *   Last-Modified has second precision).
+ *   Last-Modified has second precision). A server may truncate the file's time to the second or
+ *   first round it to the millisecond (Node's `stat().mtime` does), which moves the second when the
+ *   time lies in its last half millisecond: either reading agrees.
  * Anything else (no detector, no mtime) counts as stale: a stale index is never trusted.
  */
 export function isFresh(entry: ManifestFile, info: ObjectInfo): boolean {
   if (entry.size !== info.size || entry.etag === undefined || info.etag === undefined) return false;
   if (LOCAL_ETAG.test(entry.etag) === LOCAL_ETAG.test(info.etag)) return entry.etag === info.etag;
   if (entry.mtimeMs === undefined || info.mtimeMs === undefined) return false;
-  return Math.floor(entry.mtimeMs / 1000) === Math.floor(info.mtimeMs / 1000);
+  const seconds = (ms: number) => [Math.floor(ms / 1000), Math.floor(Math.round(ms) / 1000)];
+  const [a, b] = [seconds(entry.mtimeMs), seconds(info.mtimeMs)];
+  return a.some((s) => b.includes(s));
 }
 
 export function serializeManifest(m: Manifest): Uint8Array {
