@@ -216,10 +216,10 @@ class ScratchSlots {
 }
 
 /**
- * The local fast path: a window of positional reads straight into the batch buffer, either into
- * place or (when the bytes scatter) into a scratch slot of it, from which the runs are moved; the
- * scatter of one read overlaps the other reads. Returns false when `uri` is not a local file of that
- * size.
+ * The local fast path: a window of positional reads straight into the batch buffer. Contiguous
+ * bytes go into place; scattered runs of VECTORED_MIN_RUN or more go into place too, with vectored
+ * reads; shorter scattered runs go into a scratch slot of it, from which they are moved (overlapping
+ * the other reads). Returns false when `uri` is not a local file of that size.
  */
 async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all: Uint8Array, slots: ScratchSlots | undefined, concurrency: number, stats: ExecuteStats): Promise<boolean> {
   if (isRemote(uri)) return false;
