@@ -2,6 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createTensorFileWriter } from '../checkpoint/writer.js';
 import type { CheckpointIndex } from '../checkpoint/types.js';
@@ -114,7 +115,7 @@ describe('executePlan on local files', () => {
   }
 
   async function readvSpy() {
-    const probe = await open(import.meta.filename ?? new URL(import.meta.url).pathname, 'r');
+    const probe = await open(fileURLToPath(import.meta.url), 'r');
     const proto = Object.getPrototypeOf(probe);
     await probe.close();
     return vi.spyOn(proto, 'readv');

@@ -62,8 +62,9 @@ const SCRATCH_SLOTS = 8;
  * Scattered runs at least this long are read with vectored reads straight into place; shorter ones
  * go through a scratch slot and are copied on the main thread. Measured on 2 cores, reading two
  * files' runs interleaved into one fresh buffer, read then copy one unit at a time: vectored reads
- * took 0.85x the time for 128-byte runs, 0.63x for 256 B and 0.60x for 768 B. (In a whole load the
- * copies overlap other units' reads, so the wall-time gain is smaller; the main thread is freed.)
+ * took 0.85x the time for 128-byte runs, 0.63x for 256 B and 0.60x for 768 B. In a whole load the
+ * copies overlap other units' reads, and on 2 cores the wall time did not change consistently; what
+ * changes is that the main thread no longer copies (busy 173-217 ms instead of 309-319 in bench:load).
  */
 const VECTORED_MIN_RUN = 128;
 /** Buffers per vectored read (Linux's IOV_MAX; libuv reads at most this many per call). */
