@@ -20,7 +20,11 @@ export interface LoadDestinationSliceOptions {
 export interface DestinationSlice {
   tensors: Map<string, { dtype: DType; shape: number[]; data: Uint8Array }>;
   stage: number;
-  stats: { readBytes: number; sliceBytes: number; bytesTransferred: number; requests: number };
+  stats: {
+    readBytes: number; sliceBytes: number; bytesTransferred: number; requests: number;
+    /** Wall time before the first read (strategy, destination layout, indexes, plan), then of the reads, in ms. */
+    planMs: number; readMs: number;
+  };
   plan: ReadPlan;
 }
 
@@ -70,11 +74,13 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
  * ranges that hold it (only the files of R's stage are opened).
  */
 export async function loadDestinationSlice(opts: LoadDestinationSliceOptions): Promise<DestinationSlice> {
+  const t0 = performance.now();
   const source = await CheckpointSource.open({ checkpoint: opts.checkpoint, strategy: opts.strategy, decryption: opts.decryption });
   try {
     const destination = await resolveDestination(source, { dstStrategy: opts.dstStrategy, target: opts.target });
     const { plan, indexes } = await planReadingFewFiles(source, destination, opts.rank);
     const tensors: DestinationSlice['tensors'] = new Map();
+    const t1 = performance.now();
     const stats: ExecuteStats = await executePlan(
       plan,
       indexes,
@@ -82,7 +88,9 @@ export async function loadDestinationSlice(opts: LoadDestinationSliceOptions): P
       // Everything stays in memory anyway, so one batch: reads of all tensors overlap.
       { onProgress: opts.onProgress, concurrency: opts.concurrency, batchBytes: Number.POSITIVE_INFINITY },
     );
-    return { tensors, stage: plan.stage, plan, stats: { readBytes: plan.readBytes, sliceBytes: plan.sliceBytes, bytesTransferred: stats.bytesTransferred, requests: stats.requests } };
+    const planMs = t1 - t0;
+    const readMs = performance.now() - t1;
+    return { tensors, stage: plan.stage, plan, stats: { readBytes: plan.readBytes, sliceBytes: plan.sliceBytes, bytesTransferred: stats.bytesTransferred, requests: stats.requests, planMs, readMs } };
   } finally {
     await source.close();
   }

@@ -128,5 +128,7 @@ describe('never-seen checkpoints through the CLI', () => {
     expect([...slice.tensors.keys()].sort()).toEqual([...out.keys()].sort());
     for (const [name, t] of slice.tensors) expect(Buffer.from(t.data).equals(Buffer.from(out.get(name)!)), name).toBe(true);
     expect(slice.stats.readBytes).toBe(slice.stats.sliceBytes);
+    // The two phases bench:load reports are both measured.
+    for (const ms of [slice.stats.planMs, slice.stats.readMs]) expect(ms).toBeGreaterThan(0);
   });
 });
