@@ -8,6 +8,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import * as http2 from 'node:http2';
+import { connect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { constants, PerformanceObserver } from 'node:perf_hooks';
 import { dirname, join } from 'node:path';
@@ -181,9 +182,16 @@ function runFloorServer(): void {
       call.on('end', () => call.end());
     } },
   }, { maxMessageBytes: 1 << 30 });
+  // And the OS's own floor: a plain TCP socket that sends back every byte it gets (no HTTP/2, no
+  // gRPC, no message framing), to show what a 64 KiB round trip costs between two processes here.
+  const tcp = createNetServer((socket) => {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk) => socket.write(chunk));
+    socket.on('error', () => undefined);
+  });
   server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, port) => {
     if (err) throw err;
-    void h2.listen('127.0.0.1', 0).then((h2Port) => process.stdout.write(`${port} ${h2Port}\n`));
+    void h2.listen('127.0.0.1', 0).then((h2Port) => tcp.listen(0, '127.0.0.1', () => process.stdout.write(`${port} ${h2Port} ${(tcp.address() as AddressInfo).port}\n`)));
   });
   // Lives as long as the benchmark that started it.
   process.stdin.on('close', () => process.exit(0));
@@ -193,7 +201,7 @@ function runFloorServer(): void {
 async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: number[], hopData: Float32Array) {
   const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--floor-server'], { stdio: ['pipe', 'pipe', 'inherit'] });
   try {
-    const [port, h2Port] = (await new Promise<string>((resolve, reject) => {
+    const [port, h2Port, tcpPort] = (await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('floor server did not start within 60 s')), 60_000);
       child.stdout!.once('data', (d) => {
         clearTimeout(timer);
@@ -201,6 +209,7 @@ async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: num
       });
     })).split(' ');
     const address = `127.0.0.1:${port}`;
+    const tcp = await tcpEcho(Number(tcpPort), hopData.byteLength);
     const unary4 = grpcInfer(address, 'net', 'x', mlpShape, mlpData);
     const unary64 = grpcInfer(address, 'net', 'x', hopShape, hopData);
     const stream = streamEcho(address, hopShape, hopData);
@@ -218,7 +227,10 @@ async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: num
       stream_echo_64KiB_c1: await loadMedian(stream.once, N1, 1),
       stream_echo_64KiB_grpc_h2_c1: await loadMedian(linkEcho.once, N1, 1),
       stream_echo_64KiB_grpc_h2_after_5ms_idle_c1: await afterIdle(linkEcho.once, 5, N1),
+      tcp_echo_64KiB_c1: await loadMedian(tcp.once, N1, 1),
+      tcp_echo_64KiB_after_5ms_idle_c1: await afterIdle(tcp.once, 5, N1),
     };
+    tcp.close();
     linkEcho.close();
     lean4.close();
     lean4H2.close();
@@ -231,6 +243,39 @@ async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: num
     child.stdin!.end();
     child.kill('SIGTERM');
   }
+}
+
+/** A plain TCP connection to the floor server's byte echo: `once` sends `bytes` and waits until they are all back. */
+async function tcpEcho(port: number, bytes: number) {
+  const socket = connect(port, '127.0.0.1');
+  socket.setNoDelay(true);
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  const payload = Buffer.alloc(bytes, 7);
+  let pending = 0;
+  let done: (() => void) | undefined;
+  socket.on('data', (chunk) => {
+    pending -= chunk.length;
+    if (pending <= 0 && done) {
+      const d = done;
+      done = undefined;
+      d();
+    }
+  });
+  return {
+    once: () => new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('tcp echo timed out')), 30_000);
+      pending = bytes;
+      done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      socket.write(payload);
+    }),
+    close: () => socket.destroy(),
+  };
 }
 
 /**
@@ -714,13 +759,15 @@ async function main() {
     },
     floor: {
       ...floor,
-      method: 'the same Node gRPC client against a bare grpc-js server (own process, same .proto and codecs, no model) that echoes the request: what the client, HTTP/2 and the OS cost without any server work; the *_grpc_h2 floors are the same echoes on our own transport (grpc-h2.ts), which the front door and the rank port use: the same grpc-js client for ModelInfer, a StageLink on the client end of the stage stream; *_after_5ms_idle: each echo follows 5 ms of idle time, as each rank of a pipeline at concurrency 1 sits idle between its turns',
+      method: 'the same Node gRPC client against a bare grpc-js server (own process, same .proto and codecs, no model) that echoes the request: what the client, HTTP/2 and the OS cost without any server work; the *_grpc_h2 floors are the same echoes on our own transport (grpc-h2.ts), which the front door and the rank port use: the same grpc-js client for ModelInfer, a StageLink on the client end of the stage stream; *_after_5ms_idle: each echo follows 5 ms of idle time, as each rank of a pipeline at concurrency 1 sits idle between its turns; tcp_echo_*: a plain TCP socket in the floor server\'s process that sends back every byte it gets (no HTTP/2, no gRPC, no framing), the same 64 KiB each way: what a round trip between two processes costs here before any protocol',
       front_door_overhead_over_unary_echo_ms: r3(oursOverhead - floor.unary_echo_model_input_c1.p50_ms),
       stage_hop_p50_ms_per_hop_over_stream_echo_ms: r3(perHop4 - floor.stream_echo_64KiB_c1.p50_ms),
       hop_ratio_to_stream_echo: r3(perHop4 / floor.stream_echo_64KiB_c1.p50_ms),
       stage_hop_p50_ms_per_hop_over_grpc_h2_stream_echo_ms: r3(perHop4 - floor.stream_echo_64KiB_grpc_h2_c1.p50_ms),
       front_door_overhead_over_grpc_h2_unary_echo_ms: r3(oursOverhead - floor.unary_echo_model_input_grpc_h2_c1.p50_ms),
       front_door_ratio_to_unary_echo: r3(oursOverhead / floor.unary_echo_model_input_c1.p50_ms),
+      // A hop from 2 stages is one 64 KiB round trip between two processes, each end idle in between.
+      stage_hop_from_2_stages_lean_client_minus_tcp_echo_after_5ms_idle_ms: r3(hops.lean_client.added_p50_ms_per_hop_from_2_stages - floor.tcp_echo_64KiB_after_5ms_idle_c1.p50_ms),
     },
     kserve,
     front_door_overhead: {
