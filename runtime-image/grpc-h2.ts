@@ -15,8 +15,10 @@ const ACCEPT_ENCODING = 'identity,deflate,gzip';
 
 /**
  * HTTP/2 settings of both ends: 16 MiB stream windows (the default 64 KiB would hold every
- * activation above that size for WINDOW_UPDATE round trips) and 1 MiB frames. Connection windows:
- * see createGrpcH2Server.
+ * activation above that size for WINDOW_UPDATE round trips) and frames of up to 1 MiB accepted.
+ * Node's own sender still cuts DATA frames at 16 KiB whatever the peer accepts (nghttp2's default
+ * payload length): a 64 KiB activation arrives in 4 or 5 chunks and MessageReader joins them, one
+ * copy per message. Connection windows: see createGrpcH2Server.
  */
 export const H2_SETTINGS: http2.Settings = { initialWindowSize: 16 << 20, maxFrameSize: 1 << 20 };
 /** The connection-level receive window of the end that receives the large messages (see createGrpcH2Server). */
