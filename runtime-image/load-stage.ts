@@ -85,5 +85,5 @@ export async function loadCheckpointStage(config: RankConfig, position: RankPosi
     await rename(path + '.tmp', path);
     source = path;
   }
-  return { spec: specOfPlan(plan), onnx: source, sliceBytes: slice.stats.sliceBytes };
+  return { spec: specOfPlan(plan), onnx: source, sliceBytes: slice.stats.sliceBytes, checkpointMs: { plan: slice.stats.planMs, reads: slice.stats.readMs } };
 }

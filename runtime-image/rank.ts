@@ -23,6 +23,8 @@ export interface LoadedStage {
   onnx: Uint8Array | string;
   /** Bytes of checkpoint slice this rank loaded (for status/metrics). */
   sliceBytes: number;
+  /** Where the checkpoint load's time went: before the first read (strategy, layout, indexes, plan), and the reads. */
+  checkpointMs?: { plan: number; reads: number };
 }
 
 export type StageLoader = (config: RankConfig, position: RankPosition, onProgress: (done: number, total: number) => void) => Promise<LoadedStage>;
@@ -168,7 +170,8 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
     }
     node = new StageNode(position.stage, stage.spec, executor, link, metrics);
     plane?.attach(stage.spec);
-    log(`rank ${env.rank}: stage ${position.stage} loaded in ${Date.now() - t0} ms (${stage.sliceBytes} bytes)`);
+    const phases = stage.checkpointMs ? `; checkpoint plan ${Math.round(stage.checkpointMs.plan)} ms, reads ${Math.round(stage.checkpointMs.reads)} ms` : '';
+    log(`rank ${env.rank}: stage ${position.stage} loaded in ${Date.now() - t0} ms (${stage.sliceBytes} bytes${phases})`);
     evaluateOwn();
   })();
   loaded.catch((e) => {

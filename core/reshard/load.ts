@@ -22,8 +22,10 @@ export interface DestinationSlice {
   stage: number;
   stats: {
     readBytes: number; sliceBytes: number; bytesTransferred: number; requests: number;
-    /** Wall time before the first read (strategy, destination layout, indexes, plan), then of the reads, in ms. */
-    planMs: number; readMs: number;
+    /** Wall time, in ms, before the first read (strategy, destination layout, indexes, plan). */
+    planMs: number;
+    /** Wall time, in ms, of the reads. */
+    readMs: number;
   };
   plan: ReadPlan;
 }

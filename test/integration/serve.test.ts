@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { seededFloats } from '../../core/onnx/graph-builder.js';
 import { mlpNetwork, transformerNetwork } from '../../core/onnx/sample-networks.js';
 import { loadCheckpointStage } from '../../runtime-image/load-stage.js';
+import { positionOf } from '../../runtime-image/pipeline/spec.js';
 import { fixtureConfig, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
 
 // Distributed outputs equal onnxruntime on the whole single-device model, bit for bit, for every cut.
@@ -111,6 +112,18 @@ describe('ranks loading their slice from a sharded checkpoint answer like the me
       });
     }
   }
+
+  it('a rank\'s load reports its own slice\'s bytes and where the checkpoint load\'s time went', async () => {
+    const net = mlpNetwork();
+    const fixture = writeServeFixture(mkdtempSync(join(tmpdir(), 'serve-ckpt-')), net, 2);
+    const loaded = await loadCheckpointStage(fixtureConfig(fixture, { grpc: 0, http: 0, rank: 0 }), positionOf(1, 2, 1), () => undefined);
+    const stageOf = net.stageOf(2);
+    const own = [...net.weights].filter(([name]) => stageOf(name) === 1).reduce((sum, [, w]) => sum + w.data.byteLength, 0);
+    expect(own).toBeGreaterThan(0);
+    expect(loaded.sliceBytes).toBe(own);
+    expect(loaded.checkpointMs!.plan).toBeGreaterThan(0);
+    expect(loaded.checkpointMs!.reads).toBeGreaterThan(0);
+  });
 });
 
 describe('requested outputs', () => {
