@@ -240,7 +240,7 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all
     const worker = async () => {
       while (next < units.length) {
         const u = units[next++];
-        if (u.at === undefined && u.views) {
+        if (u.views) {
           await readvFully(handle, u.views(all), u.fileOffset, uri);
           stats.requests++;
           continue;
