@@ -93,21 +93,27 @@ function localStorage(root: string, uri: string): Storage {
     uriOf: (key) => (key ? join(root, key) : root),
     async list() {
       const out: ObjectInfo[] = [];
-      const walk = async (dir: string, prefix: string) => {
+      // Sibling directories and files are visited concurrently (a checkpoint root is one level of
+      // rank_<N>/ directories: their round trips to the file system overlap). When several fail, the
+      // error is that of the first entry in directory order, so it does not depend on timing.
+      const walk = async (dir: string, prefix: string): Promise<void> => {
         let entries;
         try {
           entries = await readdir(dir, { withFileTypes: true });
         } catch (e) {
           throw notFound(prefix, e);
         }
-        for (const ent of entries) {
+        entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+        const visits = await Promise.allSettled(entries.map(async (ent) => {
           const key = prefix ? `${prefix}/${ent.name}` : ent.name;
           if (ent.isDirectory()) await walk(join(dir, ent.name), key);
           else if (ent.isFile() && ent.name !== MANIFEST_NAME) {
             const st = await stat(join(dir, ent.name));
             out.push({ key, size: st.size, etag: `${st.size}-${st.mtimeMs}`, mtimeMs: st.mtimeMs });
           }
-        }
+        }));
+        const failed = visits.find((v): v is PromiseRejectedResult => v.status === 'rejected');
+        if (failed) throw failed.reason;
       };
       await walk(base, '');
       return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
