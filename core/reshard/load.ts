@@ -26,19 +26,22 @@ export interface DestinationSlice {
     planMs: number;
     /** Wall time, in ms, of the reads. */
     readMs: number;
+    /** Training ranks whose files were indexed (those read, plus any opened only to plan). */
+    indexedRanks: number[];
   };
   plan: ReadPlan;
 }
 
 /**
- * The plan of one destination rank, indexing only the files it reads (plus the first file of each
- * source stage) instead of every file of the stages: a first plan assumes every file of a stage
- * holds what its first file holds, which names the files to index; the real plan is then made from
- * those files' own indexes (their shapes and dtypes are cross-checked as usual). When that plan
- * cannot be made from them (a file lacks a tensor, a piece's holder is missing, ...) every file of
- * the stages is indexed and planned from, exactly as before, so errors are the same.
+ * The plan of one destination rank, indexing only the files it reads (plus, when the guess below
+ * misses, one more file per source stage) instead of every file of the stages: a first plan assumes
+ * every file of a stage holds what one representative file holds (the one `prefer` names, when
+ * present), which names the files to index; the real plan is then made from those files' own
+ * indexes (their shapes and dtypes are cross-checked as usual). When that plan cannot be made from
+ * them (a file lacks a tensor, a piece's holder is missing, ...) every file of the stages is indexed
+ * and planned from, exactly as before, so errors are the same.
  */
-async function planReadingFewFiles(source: CheckpointSource, destination: Destination, rank: number): Promise<{ plan: ReadPlan; indexes: Map<number, CheckpointIndex> }> {
+async function planReadingFewFiles(source: CheckpointSource, destination: Destination, rank: number, prefer: (stage: number) => number): Promise<{ plan: ReadPlan; indexes: Map<number, CheckpointIndex> }> {
   const stages = sourceStagesFor(source.strategy, destination, rank);
   const full = async () => {
     const { files, indexes } = await source.filesOf(stages);
@@ -46,7 +49,7 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
   };
   const d = source.strategy.stageDevices;
   const present = (stage: number) => [...source.rankKeys.keys()].filter((r) => r >= stage * d && r < (stage + 1) * d).sort((a, b) => a - b);
-  const firsts = stages.map((s) => present(s)[0]).filter((r): r is number => r !== undefined);
+  const firsts = stages.map((s) => source.representative(s, prefer)).filter((r): r is number => r !== undefined);
   if (firsts.length !== stages.length) return full();
   const fileOf = (r: number, index: CheckpointIndex): SourceFile => ({ rank: r, uri: source.storage.uriOf(source.rankKeys.get(r)!), tensors: index.tensors });
   let needed: Set<number>;
@@ -72,6 +75,18 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
 }
 
 /**
+ * The source rank of a stage most likely to hold the start of destination rank `rank`'s slice when
+ * the destination has `dstDevices` ranks per stage: where a dimension split over the training
+ * stage's devices is split over fewer (or more) destination devices, destination rank L starts at
+ * source rank L × devices / dstDevices. Only a guess (replicas, other device orders), used to
+ * choose which file to index first: a wrong guess costs one file's index, never correctness.
+ */
+export function likelySourceRank(stageDevices: number, dstDevices: number, rank: number): (stage: number) => number {
+  const local = rank % dstDevices;
+  return (stage) => stage * stageDevices + Math.min(stageDevices - 1, Math.floor((local * stageDevices) / dstDevices));
+}
+
+/**
  * The runtime's loader: rank R's slice of every parameter of its stage, read from exactly the byte
  * ranges that hold it (only the files of R's stage are opened).
  */
@@ -79,8 +94,11 @@ export async function loadDestinationSlice(opts: LoadDestinationSliceOptions): P
   const t0 = performance.now();
   const source = await CheckpointSource.open({ checkpoint: opts.checkpoint, strategy: opts.strategy, decryption: opts.decryption });
   try {
-    const destination = await resolveDestination(source, { dstStrategy: opts.dstStrategy, target: opts.target });
-    const { plan, indexes } = await planReadingFewFiles(source, destination, opts.rank);
+    const d = source.strategy.stageDevices;
+    const targetDevices = opts.target ? Math.max(1, Math.floor(opts.target.world / Math.max(1, opts.target.stages))) : 1;
+    const destination = await resolveDestination(source, { dstStrategy: opts.dstStrategy, target: opts.target }, likelySourceRank(d, targetDevices, opts.rank));
+    const dstDevices = destination.kind === 'strategy' ? destination.strategy.stageDevices : 1;
+    const { plan, indexes } = await planReadingFewFiles(source, destination, opts.rank, likelySourceRank(d, dstDevices, opts.rank));
     const tensors: DestinationSlice['tensors'] = new Map();
     const t1 = performance.now();
     const stats: ExecuteStats = await executePlan(
@@ -92,7 +110,7 @@ export async function loadDestinationSlice(opts: LoadDestinationSliceOptions): P
     );
     const planMs = t1 - t0;
     const readMs = performance.now() - t1;
-    return { tensors, stage: plan.stage, plan, stats: { readBytes: plan.readBytes, sliceBytes: plan.sliceBytes, bytesTransferred: stats.bytesTransferred, requests: stats.requests, planMs, readMs } };
+    return { tensors, stage: plan.stage, plan, stats: { readBytes: plan.readBytes, sliceBytes: plan.sliceBytes, bytesTransferred: stats.bytesTransferred, requests: stats.requests, planMs, readMs, indexedRanks: source.indexedRanks } };
   } finally {
     await source.close();
   }

@@ -143,8 +143,30 @@ export class CheckpointSource {
     return { files, indexes };
   }
 
-  /** Full shapes of parameters the strategy does not state, from the first present file of each stage. */
-  async fullShapes(): Promise<Map<string, number[]>> {
+  /** Training ranks whose files have been indexed (or are being indexed) so far. */
+  get indexedRanks(): number[] {
+    return [...this.indexes.keys()].sort((a, b) => a - b);
+  }
+
+  /**
+   * The rank whose file stands for `stage` (its shapes, its tensor list): `prefer(stage)` when that
+   * file is present, else the stage's first present file. Any file of a stage would do; preferring
+   * one the caller is going to read anyway spares indexing another.
+   */
+  representative(stage: number, prefer?: (stage: number) => number): number | undefined {
+    const d = this.strategy.stageDevices;
+    const want = prefer?.(stage);
+    if (want !== undefined && want >= stage * d && want < (stage + 1) * d && this.rankKeys.has(want)) return want;
+    let first: number | undefined;
+    for (const r of this.rankKeys.keys()) if (r >= stage * d && r < (stage + 1) * d && (first === undefined || r < first)) first = r;
+    return first;
+  }
+
+  /**
+   * Full shapes of parameters the strategy does not state, from one present file of each stage
+   * (see `representative`).
+   */
+  async fullShapes(prefer?: (stage: number) => number): Promise<Map<string, number[]>> {
     const shapes = new Map<string, number[]>();
     const need = [...this.strategy.params.values()].filter((p) => !p.stages.some((s) => p.layoutByStage.get(s)!.tensorShape));
     for (const p of this.strategy.params.values()) {
@@ -154,7 +176,7 @@ export class CheckpointSource {
     const stages = new Set(need.flatMap((p) => p.stages));
     for (const stage of [...stages].sort((a, b) => a - b)) {
       const first = stage * this.strategy.stageDevices;
-      const rank = [...this.rankKeys.keys()].filter((r) => r >= first && r < first + this.strategy.stageDevices).sort((a, b) => a - b)[0];
+      const rank = this.representative(stage, prefer);
       if (rank === undefined) continue;
       const index = await this.index(rank)!;
       for (const p of need) {
@@ -185,8 +207,11 @@ export interface DestinationChoice {
   target?: { world?: number; stages?: number; tp?: number };
 }
 
-/** The destination of a reshard: a strategy file, a derived layout, or (neither) a single device. */
-export async function resolveDestination(source: CheckpointSource, choice: DestinationChoice): Promise<Destination> {
+/**
+ * The destination of a reshard: a strategy file, a derived layout, or (neither) a single device.
+ * `prefer` picks which file of a stage gives the shapes a derived layout needs (see `fullShapes`).
+ */
+export async function resolveDestination(source: CheckpointSource, choice: DestinationChoice, prefer?: (stage: number) => number): Promise<Destination> {
   if (choice.dstStrategy && choice.target) throw new ShardserveError('Usage', 'give either --dst-strategy or --world/--stages/--tp, not both');
   if (choice.dstStrategy) {
     const strategy = await loadStrategy(choice.dstStrategy);
@@ -197,7 +222,7 @@ export async function resolveDestination(source: CheckpointSource, choice: Desti
   }
   if (choice.target) {
     const target = resolveTarget(source.strategy, choice.target);
-    return { kind: 'strategy', strategy: deriveInferenceStrategy(source.strategy, target, await source.fullShapes()) };
+    return { kind: 'strategy', strategy: deriveInferenceStrategy(source.strategy, target, await source.fullShapes(prefer)) };
   }
   return { kind: 'single' };
 }

@@ -130,5 +130,80 @@ describe('never-seen checkpoints through the CLI', () => {
     expect(slice.stats.readBytes).toBe(slice.stats.sliceBytes);
     // The two phases bench:load reports are both measured.
     for (const ms of [slice.stats.planMs, slice.stats.readMs]) expect(ms).toBeGreaterThan(0);
+    // Files indexed: every file read, plus at most one more per source stage (a missed guess), unless
+    // the files differ (replicas saved once, ...) and the plan fell back to every file of the stages.
+    const read = [...new Set(slice.plan.files.map((f) => f.rank))];
+    const extra = slice.stats.indexedRanks.filter((r) => !read.includes(r));
+    expect(slice.stats.indexedRanks).toEqual(expect.arrayContaining(read));
+    if (extra.length > ckpt.strategy.stageCount) {
+      const d = ckpt.strategy.stageDevices;
+      const stages = [...new Set(read.map((r) => Math.floor(r / d)))];
+      const all = [...ckpt.rankFiles.keys()].filter((r) => stages.includes(Math.floor(r / d))).sort((a, b) => a - b);
+      expect(slice.stats.indexedRanks).toEqual(all);
+    }
+  });
+});
+
+describe('loadDestinationSlice opens only the files a rank reads', () => {
+  // Megatron-style pair over 8 training devices: w_in split on dim 0, w_out on dim 1; a protobuf
+  // strategy (no shapes), so the derived layout needs one file's slice shapes.
+  const SRC = 8;
+  const [ROWS, COLS] = [16, 32];
+  const full = (seed: number) => Uint8Array.from({ length: ROWS * COLS * 2 }, (_, i) => (i * 31 + seed * 17) % 251);
+  const win = full(1);
+  const wout = full(2);
+  /** Rows [r0, r1) and columns [c0, c1) of a [ROWS, COLS] fp16 tensor. */
+  const cut = (t: Uint8Array, r0: number, r1: number, c0: number, c1: number) => {
+    const out: number[] = [];
+    for (let r = r0; r < r1; r++) out.push(...t.subarray((r * COLS + c0) * 2, (r * COLS + c1) * 2));
+    return Uint8Array.from(out);
+  };
+
+  async function writeTp8(): Promise<{ checkpoint: string; strategy: string }> {
+    const root = mkdtempSync(join(tmpdir(), 'few-files-'));
+    const layout = (tensorMap: number[]) => ({ devMatrix: [SRC], tensorMap, paramSplitShape: [], indicesOffset: [], field: 0, optShardStep: 0, optShardSize: 0 });
+    const strategy: Strategy = {
+      uri: 'tp8', stageCount: 1, stageDevices: SRC,
+      params: new Map([
+        ['w_in', { name: 'w_in', stages: [0], layoutByStage: new Map([[0, layout([0, -1])]]) }],
+        ['w_out', { name: 'w_out', stages: [0], layoutByStage: new Map([[0, layout([-1, 0])]]) }],
+      ]),
+    };
+    writeFileSync(join(root, 'strategy.ckpt'), strategyToProtobuf(strategy));
+    for (let r = 0; r < SRC; r++) {
+      mkdirSync(join(root, 'ckpt', `rank_${r}`), { recursive: true });
+      const rows = ROWS / SRC;
+      const cols = COLS / SRC;
+      const w = await createTensorFileWriter(join(root, 'ckpt', `rank_${r}`, 'net-1_1.ckpt'), 'mindspore-ckpt', [
+        { name: 'w_in', dtype: 'F16', shape: [rows, COLS] },
+        { name: 'w_out', dtype: 'F16', shape: [ROWS, cols] },
+      ]);
+      await w.writeAt('w_in', 0, cut(win, r * rows, (r + 1) * rows, 0, COLS));
+      await w.writeAt('w_out', 0, cut(wout, 0, ROWS, r * cols, (r + 1) * cols));
+      await w.commit();
+    }
+    return { checkpoint: join(root, 'ckpt'), strategy: join(root, 'strategy.ckpt') };
+  }
+
+  it('TP 8 to TP 4: rank R indexes exactly training ranks 2R and 2R+1 and gets its slices', async () => {
+    const w = await writeTp8();
+    for (let rank = 0; rank < 4; rank++) {
+      const slice = await loadDestinationSlice({ ...w, target: { world: 4, stages: 1, tp: 4 }, rank });
+      expect(slice.stats.indexedRanks).toEqual([2 * rank, 2 * rank + 1]);
+      expect(slice.plan.files.map((f) => f.rank)).toEqual([2 * rank, 2 * rank + 1]);
+      expect(Buffer.from(slice.tensors.get('w_in')!.data)).toEqual(Buffer.from(cut(win, rank * 4, rank * 4 + 4, 0, COLS)));
+      expect(Buffer.from(slice.tensors.get('w_out')!.data)).toEqual(Buffer.from(cut(wout, 0, ROWS, rank * 8, rank * 8 + 8)));
+    }
+  });
+
+  it('TP 8 to TP 16: rank R indexes only training rank R / 2', async () => {
+    const w = await writeTp8();
+    for (const rank of [0, 5, 15]) {
+      const slice = await loadDestinationSlice({ ...w, target: { world: 16, stages: 1, tp: 16 }, rank });
+      const src = Math.floor(rank / 2);
+      expect(slice.stats.indexedRanks).toEqual([src]);
+      expect(Buffer.from(slice.tensors.get('w_in')!.data)).toEqual(Buffer.from(cut(win, rank, rank + 1, 0, COLS)));
+      expect(Buffer.from(slice.tensors.get('w_out')!.data)).toEqual(Buffer.from(cut(wout, 0, ROWS, rank * 2, rank * 2 + 2)));
+    }
   });
 });
