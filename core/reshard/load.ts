@@ -81,7 +81,7 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
  * source rank L × devices / dstDevices. Only a guess (replicas, other device orders), used to
  * choose which file to index first: a wrong guess costs one file's index, never correctness.
  */
-export function likelySourceRank(stageDevices: number, dstDevices: number, rank: number): (stage: number) => number {
+function likelySourceRank(stageDevices: number, dstDevices: number, rank: number): (stage: number) => number {
   const local = rank % dstDevices;
   return (stage) => stage * stageDevices + Math.min(stageDevices - 1, Math.floor((local * stageDevices) / dstDevices));
 }
