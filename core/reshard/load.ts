@@ -47,8 +47,6 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
     const { files, indexes } = await source.filesOf(stages);
     return { plan: planRank({ source: source.strategy, files, destination, rank }), indexes };
   };
-  const d = source.strategy.stageDevices;
-  const present = (stage: number) => [...source.rankKeys.keys()].filter((r) => r >= stage * d && r < (stage + 1) * d).sort((a, b) => a - b);
   const firsts = stages.map((s) => source.representative(s, prefer)).filter((r): r is number => r !== undefined);
   if (firsts.length !== stages.length) return full();
   const fileOf = (r: number, index: CheckpointIndex): SourceFile => ({ rank: r, uri: source.storage.uriOf(source.rankKeys.get(r)!), tensors: index.tensors });
@@ -57,7 +55,7 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
     const assumed = new Map<number, SourceFile>();
     for (let i = 0; i < stages.length; i++) {
       const first = await source.index(firsts[i])!;
-      for (const r of present(stages[i])) assumed.set(r, fileOf(r, first));
+      for (const r of source.presentRanks(stages[i])) assumed.set(r, fileOf(r, first));
     }
     const guess = planRank({ source: source.strategy, files: assumed, destination, rank });
     needed = new Set([...firsts, ...guess.tensors.flatMap((t) => t.copies.map((c) => c.rank))]);

@@ -132,8 +132,7 @@ export class CheckpointSource {
 
   /** Indexes of every present file of the given source stages, a few at a time. */
   async filesOf(stages: number[]): Promise<{ files: Map<number, SourceFile>; indexes: Map<number, CheckpointIndex> }> {
-    const ranks: number[] = [];
-    for (const s of stages) for (let l = 0; l < this.strategy.stageDevices; l++) if (this.rankKeys.has(s * this.strategy.stageDevices + l)) ranks.push(s * this.strategy.stageDevices + l);
+    const ranks = stages.flatMap((s) => this.presentRanks(s));
     const indexes = await this.indexesOf(ranks);
     const files = new Map<number, SourceFile>();
     for (const rank of ranks) {
@@ -154,12 +153,15 @@ export class CheckpointSource {
    * one the caller is going to read anyway spares indexing another.
    */
   representative(stage: number, prefer?: (stage: number) => number): number | undefined {
-    const d = this.strategy.stageDevices;
+    const present = this.presentRanks(stage);
     const want = prefer?.(stage);
-    if (want !== undefined && want >= stage * d && want < (stage + 1) * d && this.rankKeys.has(want)) return want;
-    let first: number | undefined;
-    for (const r of this.rankKeys.keys()) if (r >= stage * d && r < (stage + 1) * d && (first === undefined || r < first)) first = r;
-    return first;
+    return want !== undefined && present.includes(want) ? want : present[0];
+  }
+
+  /** Training ranks of `stage` whose files are present, in order. */
+  presentRanks(stage: number): number[] {
+    const d = this.strategy.stageDevices;
+    return [...this.rankKeys.keys()].filter((r) => r >= stage * d && r < (stage + 1) * d).sort((a, b) => a - b);
   }
 
   /**
