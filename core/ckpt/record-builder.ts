@@ -48,12 +48,12 @@ export function mapTensorRecord(tag: string): Uint8Array {
 }
 
 /** Encrypt a plaintext the way MindSpore's crypto.cc does, in segments of `blockSize` bytes. */
-export function encryptCkpt(plain: Uint8Array, key: Uint8Array, mode: DecryptionMode, opts: { blockSize?: number; legacyGcm?: boolean; gcmIvLength?: 12 | 16 } = {}): Uint8Array {
+export function encryptCkpt(plain: Uint8Array, key: Uint8Array, mode: DecryptionMode, opts: { blockSize?: number; legacyGcm?: boolean; gcmIvLength?: 12 | 16; /** Every block's IV (default: random), for byte-stable fixtures. */ iv?: Uint8Array } = {}): Uint8Array {
   const blockSize = opts.blockSize ?? 64 << 20;
   const out: Uint8Array[] = [];
   for (let off = 0; off < plain.length; off += blockSize) {
     const block = plain.subarray(off, off + blockSize);
-    const iv = randomBytes(16);
+    const iv = opts.iv ? Buffer.from(opts.iv) : randomBytes(16);
     const name = mode === 'SM4-CBC' ? 'sm4-cbc' : `aes-${key.length * 8}-${mode === 'AES-GCM' ? 'gcm' : 'cbc'}`;
     // MindSpore's GCM uses the first 12 bytes of the stored 16-byte IV (see decrypt.ts).
     const c = createCipheriv(name, key, mode === 'AES-GCM' ? iv.subarray(0, opts.gcmIvLength ?? 12) : iv);
