@@ -26,6 +26,8 @@ describe('OIP tensor data', () => {
     // Floats and narrow integers: exactly JSON.stringify's text, non-finite values included.
     const f = new Float32Array([0.1, -0, NaN, Infinity, -Infinity, 3.4028234663852886e38, 1e-45, -2.5]);
     expect(jsonDataText({ name: 'f', datatype: 'FP32', shape: [8], data: new Uint8Array(f.buffer) })).toBe(JSON.stringify(Array.from(f)));
+    const finite = new Float32Array([0.1, -0, 3.4028234663852886e38, 1e-45, -2.5, 16777217, 1e21]);
+    expect(jsonDataText({ name: 'f', datatype: 'FP32', shape: [7], data: new Uint8Array(finite.buffer) })).toBe(JSON.stringify(Array.from(finite)));
     const d = new Float64Array([1 / 3, -1e300, NaN]);
     expect(jsonDataText({ name: 'd', datatype: 'FP64', shape: [3], data: new Uint8Array(d.buffer) })).toBe('[0.3333333333333333,-1e+300,null]');
     const i8 = new Int8Array([-128, 0, 127]);
