@@ -1,5 +1,6 @@
 import type { CheckpointIndex, DecryptionOptions } from '../checkpoint/types.js';
 import type { DType } from '../dtype.js';
+import { resolveTarget } from '../layout/derive.js';
 import { type Destination, planRank, type ReadPlan, type SourceFile, sourceStagesFor } from '../plan/planner.js';
 import { executePlan, type ExecuteStats } from './execute.js';
 import { CheckpointSource, resolveDestination } from './session.js';
@@ -93,7 +94,8 @@ export async function loadDestinationSlice(opts: LoadDestinationSliceOptions): P
   const source = await CheckpointSource.open({ checkpoint: opts.checkpoint, strategy: opts.strategy, decryption: opts.decryption });
   try {
     const d = source.strategy.stageDevices;
-    const targetDevices = opts.target ? Math.max(1, Math.floor(opts.target.world / Math.max(1, opts.target.stages))) : 1;
+    // Devices per stage of a derived destination: resolveTarget's tp (it fills in what the target leaves out).
+    const targetDevices = opts.target && !opts.dstStrategy ? resolveTarget(source.strategy, opts.target).tp : 1;
     const destination = await resolveDestination(source, { dstStrategy: opts.dstStrategy, target: opts.target }, likelySourceRank(d, targetDevices, opts.rank));
     const dstDevices = destination.kind === 'strategy' ? destination.strategy.stageDevices : 1;
     const { plan, indexes } = await planReadingFewFiles(source, destination, opts.rank, likelySourceRank(d, dstDevices, opts.rank));
