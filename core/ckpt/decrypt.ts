@@ -98,6 +98,19 @@ function cipherName(mode: DecryptionMode, key: Uint8Array, uri: string): string 
 /** GCM IV readings: MindSpore's (first 12 bytes of the stored IV), then the full 16 bytes. */
 type GcmIvLength = 12 | 16;
 
+/**
+ * Whether a plaintext opens like a ckpt record: the Checkpoint.value key (0x0A), the record's length
+ * (a varint), then the Value.tag key (0x0A). The first byte alone matches a wrong reading once in 256.
+ */
+function opensLikeRecord(b: Uint8Array): boolean {
+  if (b.length === 0 || b[0] !== 0x0a) return false;
+  let i = 1;
+  while (i < b.length && i < 11 && (b[i] & 0x80) !== 0) i++;
+  if (i >= 11) return false; // no varint is that long
+  // A segment that ends before the tag key leaves nothing more to check.
+  return i + 1 >= b.length || b[i + 1] === 0x0a;
+}
+
 function decryptSegment(seg: CipherSegment, cipher: Uint8Array, key: Uint8Array, uri: string, legacyIv: { length?: GcmIvLength }): Buffer {
   const name = cipherName(seg.mode, key, uri);
   const where = `encrypted segment at offset ${seg.fileOffset}`;
@@ -108,13 +121,13 @@ function decryptSegment(seg: CipherSegment, cipher: Uint8Array, key: Uint8Array,
     const ivs = [seg.iv.subarray(0, 12), seg.iv];
     if (seg.legacy) {
       // No tag to tell the readings apart: the first segment decides for the whole file, by which
-      // reading starts like a ckpt record (0x0A); the 12-byte one when neither or both do.
+      // reading opens like a ckpt record; the 12-byte one when neither or both do.
       const decrypt = (iv: Uint8Array) => createDecipheriv(name as 'aes-256-gcm', key, iv, { authTagLength: 16 }).update(cipher);
       if (!legacyIv.length) {
         const twelve = decrypt(ivs[0]);
-        if (twelve[0] === 0x0a) return (legacyIv.length = 12), twelve;
+        if (opensLikeRecord(twelve)) return (legacyIv.length = 12), twelve;
         const sixteen = decrypt(ivs[1]);
-        legacyIv.length = sixteen[0] === 0x0a ? 16 : 12;
+        legacyIv.length = opensLikeRecord(sixteen) ? 16 : 12;
         return legacyIv.length === 16 ? sixteen : twelve;
       }
       return decrypt(legacyIv.length === 12 ? ivs[0] : ivs[1]);

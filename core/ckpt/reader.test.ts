@@ -1,3 +1,4 @@
+import { createDecipheriv } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { readTensorBytes } from '../checkpoint/read.js';
@@ -155,6 +156,24 @@ describe('indexCkpt decryption', () => {
     const ix = await index(enc, { decryption: { key } });
     expect(ix.encryption).toBe(mode);
     expect(ix.source.size).toBe(plain.length);
+    expect(await tensorBytes(ix, 'w')).toEqual(Buffer.concat([f32(1, 2, 3), f32(1, 2, 3)]));
+    expect([...(await tensorBytes(ix, 'b'))]).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+
+  it('legacy GCM: a wrong IV reading whose first byte happens to be 0x0A does not win', async () => {
+    // A file written with all 16 IV bytes, and an IV under which the 12-byte reading of the first
+    // segment also begins with 0x0A (about one IV in 256): the first byte alone would pick that reading.
+    const segmentCipherAt = 4 + 4 + 4 + 16 + 4; // legacy: magic, L, iv_len, iv, cipher_len
+    let enc: Uint8Array | undefined;
+    for (let k = 0; k < 4096 && !enc; k++) {
+      const iv = Buffer.alloc(16);
+      iv.writeUInt32LE(k, 0);
+      const candidate = encryptCkpt(plain, key16, 'AES-GCM', { blockSize: 40, legacyGcm: true, gcmIvLength: 16, iv });
+      const twelve = createDecipheriv('aes-128-gcm', key16, iv.subarray(0, 12)).update(candidate.subarray(segmentCipherAt, segmentCipherAt + 1));
+      if (twelve[0] === 0x0a) enc = candidate;
+    }
+    expect(enc).toBeDefined();
+    const ix = await index(enc!, { decryption: { key: key16 } });
     expect(await tensorBytes(ix, 'w')).toEqual(Buffer.concat([f32(1, 2, 3), f32(1, 2, 3)]));
     expect([...(await tensorBytes(ix, 'b'))]).toEqual([1, 2, 3, 4, 5, 6]);
   });
