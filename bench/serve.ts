@@ -7,6 +7,7 @@ import { Server, ServerCredentials, credentials, type ServerDuplexStream, type S
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import * as http2 from 'node:http2';
 import { connect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -146,6 +147,33 @@ function restInfer(base: string, model: string, inputName: string, shape: number
     const r = await fetch(`${base}/v2/models/${model}/infer`, { method: 'POST', body, headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(30_000) });
     await r.arrayBuffer();
     if (r.status !== 200) throw new Error(`HTTP ${r.status}`);
+  };
+}
+
+/**
+ * The REST counterpart of leanInfer: node:http on one kept-alive connection, the JSON body encoded
+ * once, and per call only the request out and the reply back. The reply's status is checked and its
+ * body drained, not parsed. fetch (restInfer) spends more of the client's own time per call, the
+ * same in both servers' numbers.
+ */
+function restLeanInfer(base: string, model: string, inputName: string, shape: number[], data: Float32Array) {
+  const body = Buffer.from(JSON.stringify({ inputs: [{ name: inputName, datatype: 'FP32', shape, data: Array.from(data) }] }));
+  const url = new URL(`${base}/v2/models/${model}/infer`);
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+  const options = { host: url.hostname, port: url.port, path: url.pathname, method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': body.length } };
+  return {
+    once: () => new Promise<void>((resolve, reject) => {
+      const req = httpRequest(options, (res) => {
+        let bytes = 0;
+        res.on('data', (c: Buffer) => (bytes += c.length));
+        res.on('end', () => (res.statusCode === 200 && bytes > 0 ? resolve() : reject(new Error(`REST infer over node:http: HTTP ${res.statusCode}, ${bytes} reply bytes`))));
+        res.on('error', reject);
+      });
+      req.setTimeout(30_000, () => req.destroy(new Error('REST infer over node:http timed out')));
+      req.on('error', reject);
+      req.end(body);
+    }),
+    close: () => agent.destroy(),
   };
 }
 
@@ -611,7 +639,7 @@ async function startKserve(dir: string, net: SampleNetwork, shape: number[]): Pr
   return { door, info, stop };
 }
 
-const CLIENTS = ['grpc_js_client', 'lean_client', 'rest'] as const;
+const CLIENTS = ['grpc_js_client', 'lean_client', 'rest', 'rest_lean_client'] as const;
 
 /**
  * Our front door (rank 0 of a 1-stage group) and KServe's, both up at once and measured in turns:
@@ -623,7 +651,8 @@ async function frontDoorsSideBySide(ours: FrontDoor, kserve: FrontDoor, shape: n
   const clientFor = (door: FrontDoor, kind: (typeof CLIENTS)[number]) =>
     kind === 'grpc_js_client' ? grpcInfer(door.grpc, 'net', 'x', shape, data)
       : kind === 'lean_client' ? leanInfer(door.grpc, 'net', 'x', shape, data)
-        : { once: restInfer(door.http, 'net', 'x', shape, data), close: () => undefined };
+        : kind === 'rest' ? { once: restInfer(door.http, 'net', 'x', shape, data), close: () => undefined }
+          : restLeanInfer(door.http, 'net', 'x', shape, data);
   const doors = { ours, kserve };
   const clients = Object.fromEntries(CLIENTS.map((kind) => [kind, { ours: clientFor(ours, kind), kserve: clientFor(kserve, kind) }])) as Record<(typeof CLIENTS)[number], Record<'ours' | 'kserve', { once: () => Promise<void>; close: () => void }>>;
   for (const kind of CLIENTS) await warmUp(clients[kind].ours.once, clients[kind].kserve.once);
@@ -771,7 +800,7 @@ async function main() {
     },
     kserve,
     front_door_overhead: {
-      method: `ours = rank 0 of a 1-stage group, KServe = its Python model server, same merged model, both up at once; ${ROUNDS} rounds, each of ${N1} requests at concurrency 1 against one and then the other (order alternating), with each client: grpc-js, a bare node:http2 gRPC client (request encoded once, reply checked, not decoded: grpc-js spends about 1 ms of CPU per call, the same in both servers' numbers), and REST with JSON data both ways. Overhead = p50 minus the model's compute, taken two ways: session.run p50 back to back in the server's own language (Node for ours, Python for KServe), or the mean session.run time measured inside the server over the same round (its ${WARMUP} warm-up requests included) (rank 0's stage-compute histogram; KServe's predict, timed by kserve_server.py), since a run between requests takes longer than back to back. ratio = median over rounds of ours / KServe`,
+      method: `ours = rank 0 of a 1-stage group, KServe = its Python model server, same merged model, both up at once; ${ROUNDS} rounds, each of ${N1} requests at concurrency 1 against one and then the other (order alternating), with each client: grpc-js, a bare node:http2 gRPC client (request encoded once, reply checked, not decoded: grpc-js spends about 1 ms of CPU per call, the same in both servers' numbers), and REST with JSON data both ways, with fetch and with a bare node:http client (body encoded once, reply drained, not parsed). Overhead = p50 minus the model's compute, taken two ways: session.run p50 back to back in the server's own language (Node for ours, Python for KServe), or the mean session.run time measured inside the server over the same round (its ${WARMUP} warm-up requests included) (rank 0's stage-compute histogram; KServe's predict, timed by kserve_server.py), since a run between requests takes longer than back to back. ratio = median over rounds of ours / KServe`,
       target_ratio: 1 / 3,
       ...frontDoors,
       unary_echo_floor_ms: {
