@@ -45,6 +45,8 @@ function rchar(): number {
 async function child(mode: string, argsJson: string): Promise<void> {
   const a = JSON.parse(argsJson);
   const baselineRss = status('VmHWM');
+  // CPU time of the timed section (every thread: the main thread and libuv's pool doing the reads).
+  const c0 = process.cpuUsage();
   let result: Record<string, unknown> = {};
   if (mode === 'ours') {
     const r0 = rchar();
@@ -85,7 +87,8 @@ async function child(mode: string, argsJson: string): Promise<void> {
     for (const f of a.files as string[]) held.push(await readFile(f));
     result = { wallMs: performance.now() - t0, bytesRead: rchar() - r0, heldBytes: held.reduce((s, b) => s + b.length, 0) };
   }
-  process.stdout.write(JSON.stringify({ ...result, peakRssBytes: status('VmHWM'), baselineRssBytes: baselineRss }) + '\n');
+  const cpu = process.cpuUsage(c0);
+  process.stdout.write(JSON.stringify({ ...result, cpuMs: (cpu.user + cpu.system) / 1000, userCpuMs: cpu.user / 1000, peakRssBytes: status('VmHWM'), baselineRssBytes: baselineRss }) + '\n');
 }
 
 // ---------------------------------------------------------------- parent side
@@ -228,7 +231,7 @@ async function parent(): Promise<void> {
         process.stderr.write(`bench:load: ${name} ${cache} #${i + 1} ...`);
         const r = await run();
         if (cache === 'cold') r.residentBeforeBytes = resident;
-        process.stderr.write(` ${(r.wallMs / 1000).toFixed(2)} s${r.planMs !== undefined ? ` (plan ${(r.planMs / 1000).toFixed(2)} + read ${(r.readMs / 1000).toFixed(2)})` : ''}, peak ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB\n`);
+        process.stderr.write(` ${(r.wallMs / 1000).toFixed(2)} s${r.planMs !== undefined ? ` (plan ${(r.planMs / 1000).toFixed(2)} + read ${(r.readMs / 1000).toFixed(2)})` : ''}${r.cpuMs !== undefined ? `, cpu ${(r.cpuMs / 1000).toFixed(2)} s` : ''}, peak ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB\n`);
         ((results[cache][name] ??= [])).push(r);
       }
     }
@@ -237,6 +240,7 @@ async function parent(): Promise<void> {
     wallMs: median(runs.map((r) => r.wallMs)),
     ...(runs[0].planMs !== undefined ? { planMs: median(runs.map((r) => r.planMs)), readMs: median(runs.map((r) => r.readMs)) } : {}),
     bestWallMs: Math.min(...runs.map((r) => r.wallMs)),
+    ...(runs[0].cpuMs !== undefined ? { cpuMs: median(runs.map((r) => r.cpuMs)), userCpuMs: median(runs.map((r) => r.userCpuMs)) } : {}),
     peakRssBytes: median(runs.map((r) => r.peakRssBytes)),
     bytesRead: median(runs.map((r) => r.bytesRead)),
     runs,
@@ -250,6 +254,10 @@ async function parent(): Promise<void> {
     // The same split in two: the reads alone against the floor, and the time before the first read.
     readPhaseOverRaw: s.ours.readMs! / s.raw.wallMs,
     planPhaseOverRaw: s.ours.planMs! / s.raw.wallMs,
+    // CPU (user + system, all threads) against the floor's, and the cores each kept busy on average
+    // (2 here): when the floor already keeps every core busy, any extra CPU of ours adds wall time.
+    cpuOverRaw: s.ours.cpuMs! / s.raw.cpuMs!,
+    coresBusy: { ours: s.ours.cpuMs! / s.ours.wallMs, raw: s.raw.cpuMs! / s.raw.wallMs },
     readAllWallOverOurs: s.readAll.wallMs / s.ours.wallMs,
     readAllPeakOverOurs: s.readAll.peakRssBytes / s.ours.peakRssBytes,
     mindsporeWallOverOurs: s.mindspore ? s.mindspore.wallMs / s.ours.wallMs : null,
