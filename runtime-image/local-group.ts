@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { credentials, type Client } from '@grpc/grpc-js';
 import type { RankConfig } from '../core/deployment.js';
 import { ShardserveError } from '../core/errors.js';
+import { RANK_NODE_FLAGS } from './node-flags.js';
 import { PEER_CHANNEL_OPTIONS, services } from './protos.js';
 
 const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'shardserve.mjs');
@@ -102,7 +103,7 @@ export class LocalGroup {
       SHARDSERVE_TERMINATION_LOG: join(this.dir, `rank-${p.rank}.termination-log`),
       SHARDSERVE_SUPERVISOR_PID: String(process.pid),
     };
-    const child = spawn(process.execPath, [CLI, 'rank'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...RANK_NODE_FLAGS, CLI, 'rank'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     p.child = child;
     p.startedAt = Date.now();
     p.status = undefined;

@@ -1,9 +1,10 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
+import { RANK_NODE_FLAGS } from '../../runtime-image/node-flags.js';
 import { writeServeFixture } from './serve-fixture.js';
 import { freePortBlock, freePorts } from '../harness/ports.js';
 
@@ -96,6 +97,12 @@ describe('shardserve up', () => {
     }
     const ranks = execFileSync('pgrep', ['-P', String(run.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
     expect(ranks.length).toBeGreaterThanOrEqual(2);
+    // Each rank runs `shardserve rank` under node with the rank's V8 flags (runtime-image/node-flags.ts).
+    for (const pid of ranks) {
+      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+      expect(argv.slice(1, 1 + RANK_NODE_FLAGS.length)).toEqual(RANK_NODE_FLAGS);
+      expect(argv.slice(-2)).toEqual([join(ROOT, 'bin', 'shardserve.mjs'), 'rank']);
+    }
     run.child.kill('SIGKILL');
     const alive = () => ranks.filter((pid) => {
       try {

@@ -1,7 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, describe, expect, it } from 'vitest';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
@@ -9,6 +9,7 @@ import { call, oipClient } from './serve-client.js';
 import { fixtureConfig, singleDeviceOutputs, writeSafetensors, writeServeFixture } from './serve-fixture.js';
 import { freePortBlock, freePorts } from '../harness/ports.js';
 import { bytesOf } from './serve-models.js';
+import { RANK_NODE_FLAGS } from '../../runtime-image/node-flags.js';
 
 // The container entrypoint (`shardserve rank` with the pod environment) and the image definition.
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -17,8 +18,27 @@ afterAll(() => {
   for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
 });
 
+const DOCKERFILE = readFileSync(join(ROOT, 'runtime-image', 'Dockerfile'), 'utf8');
+const FINAL_STAGE = DOCKERFILE.slice(DOCKERFILE.lastIndexOf('\nFROM '));
+
+/** The image's `shardserve` command as the Dockerfile's RUN line writes it. */
+function imageLauncher(): string {
+  const printf = /^RUN (printf '[^']*') > \/usr\/local\/bin\/shardserve /m.exec(FINAL_STAGE)?.[1];
+  if (!printf) throw new Error('the Dockerfile does not write /usr/local/bin/shardserve with printf');
+  return execFileSync('sh', ['-c', printf], { encoding: 'utf8' });
+}
+
+/** That command, aimed at this checkout instead of /app: what the entrypoint runs. */
+const LAUNCHER = (() => {
+  const path = join(mkdtempSync(join(tmpdir(), 'launcher-')), 'shardserve');
+  writeFileSync(path, imageLauncher().replace('/app/bin/shardserve.mjs', join(ROOT, 'bin', 'shardserve.mjs')));
+  chmodSync(path, 0o755);
+  return path;
+})();
+
 function runCli(args: string[], env: NodeJS.ProcessEnv) {
-  const child = spawn(process.execPath, [join(ROOT, 'bin', 'shardserve.mjs'), ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const PATH = `${dirname(process.execPath)}:${process.env.PATH ?? ''}`;
+  const child = spawn(LAUNCHER, args, { env: { ...process.env, PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let output = '';
   child.stdout!.on('data', (d) => (output += d));
@@ -37,8 +57,8 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: n
 }
 
 describe('runtime-image/Dockerfile', () => {
-  const text = readFileSync(join(ROOT, 'runtime-image', 'Dockerfile'), 'utf8');
-  const final = text.slice(text.lastIndexOf('\nFROM '));
+  const text = DOCKERFILE;
+  const final = FINAL_STAGE;
   it('runs as a numeric non-root user in the final stage', () => {
     const user = /^USER\s+(\S+)/m.exec(final)?.[1];
     expect(user).toMatch(/^[1-9]\d*(:\d+)?$/);
@@ -47,6 +67,9 @@ describe('runtime-image/Dockerfile', () => {
     expect(/^ENTRYPOINT\s+(.*)$/m.exec(final)?.[1]).toBe('["shardserve", "rank"]');
     expect(final).toMatch(/^FROM node:20-[a-z-]*slim/m);
     expect(text).toMatch(/npm ci --omit=dev/);
+  });
+  it('makes `shardserve` exec node with the rank\'s V8 flags (the same as `shardserve up` uses)', () => {
+    expect(imageLauncher()).toBe(`#!/bin/sh\nexec node ${RANK_NODE_FLAGS.join(' ')} /app/bin/shardserve.mjs "$@"\n`);
   });
   it('keeps every write under /tmp (read-only root filesystem)', () => {
     expect(final).toMatch(/TMPDIR=\/tmp/);
@@ -69,6 +92,9 @@ describe('shardserve rank (the entrypoint command) with the pod environment', ()
       TMPDIR: dir,
     });
     await waitFor('/readyz', async () => (await fetch(`http://127.0.0.1:${http}/readyz`)).status === 200, 60_000);
+    // The launcher exec'd node: the process that serves is the one the container runtime signals.
+    const argv = readFileSync(`/proc/${proc.child.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+    expect(argv.slice(1)).toEqual([...RANK_NODE_FLAGS, join(ROOT, 'bin', 'shardserve.mjs'), 'rank']);
     const input = net.sampleInput(2).x;
     const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) });
     const client = oipClient(`127.0.0.1:${grpc}`);
