@@ -1,3 +1,4 @@
+import { CancelSource, type CancelSignal } from './cancel.js';
 import { InferError, asInferError } from './errors.js';
 import type { Lifecycle } from './lifecycle.js';
 import type { RankMetrics } from './metrics.js';
@@ -153,7 +154,7 @@ export class DataPlane {
   }
 
   /** Runs one request through the whole pipeline. `deadline` is epoch ms. */
-  async infer(req: InferRequest, ctx: { deadline?: number; signal?: AbortSignal } = {}): Promise<InferResponse> {
+  async infer(req: InferRequest, ctx: { deadline?: number; signal?: CancelSignal } = {}): Promise<InferResponse> {
     this.validate(req);
     if (!this.lifecycle.accepting) {
       throw new InferError('Unavailable', `model '${this.modelName}' is not ready: ${this.lifecycle.state.toLowerCase()} (${this.lifecycle.reason})`);
@@ -166,7 +167,7 @@ export class DataPlane {
     const deadline = ctx.deadline ?? Date.now() + this.limits.defaultTimeoutMs;
     this.inflightCount++;
     this.metrics?.inflight.inc();
-    const controller = new AbortController();
+    const controller = new CancelSource();
     const onAbort = () => controller.abort();
     ctx.signal?.addEventListener('abort', onAbort, { once: true });
     let timer: NodeJS.Timeout | undefined;

@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import * as http2 from 'node:http2';
 import { gunzipSync, inflateSync } from 'node:zlib';
+import { CancelSource, type CancelSignal } from './cancel.js';
 
 /** gRPC status codes used here. */
 export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
@@ -169,7 +170,7 @@ export interface CallContext {
   /** Epoch milliseconds, when the client set grpc-timeout. */
   deadline?: number;
   /** Aborted when the client cancels (RST_STREAM) or the connection goes away before the answer. */
-  signal: AbortSignal;
+  signal: CancelSignal;
 }
 
 /**
@@ -300,7 +301,7 @@ function serveOneRequest(stream: http2.ServerHttp2Stream, method: Exclude<Method
     request = b;
     count++;
   }, encoding);
-  const controller = new AbortController();
+  const controller = new CancelSource();
   let finished = false;
   const fail = (e: unknown) => {
     finished = true;

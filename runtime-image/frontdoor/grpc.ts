@@ -4,6 +4,7 @@ import { InferError, asInferError, grpcCodeOf } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
 import type { RankMetrics } from '../metrics.js';
 import { type CallContext, framed, GrpcStatus, GrpcWireError, type MethodHandler } from '../grpc-h2.js';
+import { frameInferResponse } from '../pipeline/codec.js';
 import { services } from '../protos.js';
 import { fromTypedContents, isOipDatatype, type Tensor } from '../tensor.js';
 
@@ -59,7 +60,7 @@ export function inferRequestFromGrpc(msg: any): InferRequest {
 
 /** inference.GRPCInferenceService over the data plane. */
 export function oipMethods(plane: DataPlane, metrics?: RankMetrics): Record<string, MethodHandler> {
-  return unaryMethods(services().oip.service, {
+  const methods = unaryMethods(services().oip.service, {
     ServerLive: () => ({ live: plane.live() }),
     ServerReady: () => ({ ready: plane.ready() }),
     ModelReady: (req) => ({ ready: plane.modelReady(req.name, req.version || undefined) }),
@@ -90,6 +91,10 @@ export function oipMethods(plane: DataPlane, metrics?: RankMetrics): Record<stri
       throw new InferError('Unimplemented', 'shardserve loads its model at start; there is no model repository to unload from');
     },
   });
+  // ModelInfer's reply through the hand codec: the same bytes, outputs not copied into the message.
+  const infer = (services().oip.service as any).ModelInfer.path as string;
+  methods[infer] = { ...(methods[infer] as Extract<MethodHandler, { kind: 'unary' }>), encodeFramed: frameInferResponse };
+  return methods;
 }
 
 const HEALTH_SERVICES = new Set(['', 'inference.GRPCInferenceService']);

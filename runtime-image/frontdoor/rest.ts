@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { CancelSource } from '../cancel.js';
 import type { DataPlane, InferRequest, InferResponse } from '../dataplane.js';
 import { InferError, asInferError, httpStatusOf } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
@@ -162,7 +163,7 @@ export function restHandler(opts: RestOptions) {
 
   async function infer(plane: DataPlane, req: IncomingMessage, res: ServerResponse, name: string, version: string | undefined): Promise<void> {
     const t0 = process.hrtime.bigint();
-    const controller = new AbortController();
+    const controller = new CancelSource();
     res.on('close', () => {
       if (!res.writableFinished) controller.abort();
     });

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { services } from '../protos.js';
-import { decodeStageMessage, decodeStageReply, encodeStageMessage, encodeStageReply, frameStageMessage, frameStageReply, ZERO_COPY_MIN } from './codec.js';
+import { frameMessage } from '../grpc-h2.js';
+import { decodeStageMessage, decodeStageReply, encodeStageMessage, encodeStageReply, frameInferResponse, frameStageMessage, frameStageReply, ZERO_COPY_MIN } from './codec.js';
 
 // The hand-written codec must speak exactly rank.proto's wire format: checked both ways against
 // protobufjs (through proto-loader's definitions of the same messages).
@@ -61,6 +62,23 @@ describe('rank.proto codec', () => {
     const one = frameStageMessage({ id: '2', cancel: true });
     expect(Buffer.isBuffer(one)).toBe(true);
     expect(one).toEqual(Buffer.concat([Buffer.from([0, 0, 0, 0, encodeStageMessage({ id: '2', cancel: true }).length]), encodeStageMessage({ id: '2', cancel: true })]));
+  });
+
+  it('writes ModelInferResponse byte for byte as protobufjs does, large outputs referenced', () => {
+    const infer = (services().oip.service as any).ModelInfer;
+    const big = Buffer.from(Array.from({ length: ZERO_COPY_MIN + 5 }, (_, i) => (i * 7) % 256));
+    const cases = [
+      { model_name: 'net', model_version: '1', id: '', outputs: [{ name: 'y', datatype: 'FP32', shape: [4, 256] }], raw_output_contents: [data] },
+      { model_name: 'ñet', model_version: '', id: 'req-∂-1', outputs: [{ name: 'a', datatype: 'BOOL', shape: [] }, { name: 'b', datatype: 'INT64', shape: [0, 300000, 1] }, { name: 'c', datatype: 'UINT8', shape: [big.length] }], raw_output_contents: [Buffer.alloc(0), data, big] },
+      { model_name: 'm', model_version: '1', id: '7', outputs: [], raw_output_contents: [] },
+    ];
+    for (const r of cases) {
+      const ours = frameInferResponse(r);
+      const bytes = Buffer.isBuffer(ours) ? ours : Buffer.concat(ours as Uint8Array[]);
+      expect(bytes.equals(frameMessage(infer.responseSerialize(r)))).toBe(true);
+      expect(Array.isArray(ours)).toBe(r.raw_output_contents.includes(big));
+      if (Array.isArray(ours)) expect((ours as Uint8Array[]).filter((p) => p === big).length).toBe(1);
+    }
   });
 
   it('refuses a truncated message', () => {

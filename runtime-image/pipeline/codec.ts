@@ -3,6 +3,7 @@
  * proto/rank.proto): the same wire format the .proto defines, but tensor bytes are read as views and
  * written with at most one copy (none for large tensors when framing for the stream: see Writer),
  * with no object conversion pass. Everything else in rank.proto goes through proto-loader as usual.
+ * Also the front door's hottest message, the OIP ModelInferResponse (frameInferResponse).
  */
 
 // Wire types.
@@ -235,6 +236,48 @@ function writeStageReply(r: StageReplyObject, framed: boolean, zeroCopyMin = Inf
       w.varint(Number(t.compute_us));
     }
   });
+  return w.finish();
+}
+
+/**
+ * The OIP's ModelInferResponse (inference.ModelInferResponse of proto/grpc_predict_v2.proto) as the
+ * front door sends it: names, shapes and raw_output_contents, nothing else (no parameters, no typed
+ * contents). The same bytes as protobufjs writes for the object, but framed for the stream and with
+ * outputs of ZERO_COPY_MIN bytes or more referenced instead of copied (protobufjs copies every one).
+ */
+export interface InferResponseObject {
+  model_name: string;
+  model_version: string;
+  id: string;
+  outputs: Array<{ name: string; datatype: string; shape: number[] }>;
+  raw_output_contents: Uint8Array[];
+}
+
+export function frameInferResponse(r: InferResponseObject): Buffer | Uint8Array[] {
+  // Every string field is written, empty or not, as protobufjs does for a field the object has.
+  const str = (field: number, v: string) => lenField(field, Buffer.byteLength(v, 'utf8'));
+  const metaSizes = r.outputs.map((t) => str(1, t.name) + str(2, t.datatype) + (t.shape.length ? lenField(3, shapeBody(t.shape)) : 0));
+  let size = str(1, r.model_name) + str(2, r.model_version) + str(3, r.id);
+  for (const n of metaSizes) size += lenField(5, n);
+  for (const b of r.raw_output_contents) size += lenField(6, b.byteLength);
+  const raw = r.raw_output_contents.map((data) => ({ name: '', datatype: '', shape: [], data }));
+  const w = writerFor(size, true, raw, ZERO_COPY_MIN);
+  const put = (field: number, v: string) => w.bytes(field, Buffer.from(v, 'utf8'));
+  put(1, r.model_name);
+  put(2, r.model_version);
+  put(3, r.id);
+  r.outputs.forEach((t, i) => {
+    w.tag(5, LEN);
+    w.varint(metaSizes[i]);
+    put(1, t.name);
+    put(2, t.datatype);
+    if (t.shape.length) {
+      w.tag(3, LEN);
+      w.varint(shapeBody(t.shape));
+      for (const d of t.shape) w.varint(d);
+    }
+  });
+  for (const b of r.raw_output_contents) w.bytes(6, b, true);
   return w.finish();
 }
 

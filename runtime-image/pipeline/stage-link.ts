@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as http2 from 'node:http2';
+import type { CancelSignal } from '../cancel.js';
 import { InferError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { decodeStageReply, frameStageMessage, type StageMessageObject } from './codec.js';
@@ -213,7 +214,7 @@ export class StageLink extends EventEmitter {
   }
 
   /** Wait for a slot in the window, no later than the deadline. */
-  private async slot(deadline: number, signal?: AbortSignal): Promise<void> {
+  private async slot(deadline: number, signal?: CancelSignal): Promise<void> {
     if (this.pending.size < this.window) return;
     await new Promise<void>((resolve, reject) => {
       const go = () => {
@@ -236,7 +237,7 @@ export class StageLink extends EventEmitter {
   }
 
   /** Send one request down the pipeline; resolves with the model outputs the last stage returns. */
-  async send(tensors: Tensor[], outputs: string[], deadline: number, signal?: AbortSignal): Promise<StageResult> {
+  async send(tensors: Tensor[], outputs: string[], deadline: number, signal?: CancelSignal): Promise<StageResult> {
     await this.slot(deadline, signal);
     const stream = this.stream;
     if (!stream || !this.connected) {

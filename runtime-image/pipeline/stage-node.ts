@@ -1,3 +1,4 @@
+import type { CancelSignal } from '../cancel.js';
 import { InferError } from '../errors.js';
 import type { RankMetrics } from '../metrics.js';
 import type { Tensor } from '../tensor.js';
@@ -30,7 +31,7 @@ export class StageNode {
     return this.isLast || !!this.next?.connected;
   }
 
-  async process(tensors: Map<string, Tensor>, requested: string[], deadline: number, signal?: AbortSignal): Promise<StageResult> {
+  async process(tensors: Map<string, Tensor>, requested: string[], deadline: number, signal?: CancelSignal): Promise<StageResult> {
     checkAlive(deadline, signal, this.stage);
     // Fail fast: a request must not spend compute when its next hop is known to be gone.
     if (!this.isLast && !this.next!.connected) {
@@ -64,7 +65,7 @@ export class StageNode {
   }
 }
 
-export function checkAlive(deadline: number, signal: AbortSignal | undefined, stage: number): void {
+export function checkAlive(deadline: number, signal: CancelSignal | undefined, stage: number): void {
   if (signal?.aborted) throw new InferError('Cancelled', 'request cancelled');
   if (Date.now() > deadline) throw new InferError('DeadlineExceeded', `deadline passed at stage ${stage}`);
 }

@@ -1,3 +1,4 @@
+import { CancelSource } from '../cancel.js';
 import { InferError, asInferError } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
 import { services } from '../protos.js';
@@ -35,7 +36,7 @@ export function stageServiceImpl(opts: {
   const status = (services().stageProtoLoader.service as any).Status;
   return {
     [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: frameStageReply, open: (call: ServerStreamCall<any, any>) => {
-      const inflight = new Map<string, AbortController>();
+      const inflight = new Map<string, CancelSource>();
       let ended = false;
       const finishIfDone = () => {
         if (ended && inflight.size === 0) call.end();
@@ -48,7 +49,7 @@ export function stageServiceImpl(opts: {
         }
         const req = msg.request;
         if (!req) return;
-        const controller = new AbortController();
+        const controller = new CancelSource();
         inflight.set(id, controller);
         opts.onRequest?.(1);
         const deadline = Date.now() + Number(req.budget_us) / 1000;

@@ -1,4 +1,5 @@
 import * as ort from 'onnxruntime-node';
+import type { CancelSignal } from '../cancel.js';
 import { InferError } from '../errors.js';
 import { oipOfOrtType, ortTypeOf, typedView, type Tensor, type TensorMeta } from '../tensor.js';
 
@@ -7,7 +8,7 @@ export interface StageExecutor {
   readonly inputs: TensorMeta[];
   readonly outputs: TensorMeta[];
   /** Runs when its turn comes, unless `signal` was aborted while it waited (then rejects, no compute). */
-  run(inputs: Map<string, Tensor>, signal?: AbortSignal): Promise<Map<string, Tensor>>;
+  run(inputs: Map<string, Tensor>, signal?: CancelSignal): Promise<Map<string, Tensor>>;
   close(): Promise<void>;
 }
 
