@@ -31,7 +31,8 @@ export class CancelSource implements CancelSignal {
     if (listeners) for (const listener of listeners) listener();
   }
 
-  addEventListener(_type: 'abort', listener: () => void): void {
+  /** `once` is implied: an abort happens once. */
+  addEventListener(_type: 'abort', listener: () => void, _options?: { once?: boolean }): void {
     if (!this.aborted) (this.listeners ??= []).push(listener);
   }
 

@@ -62,8 +62,14 @@ class Writer {
     this.pos += b.byteLength;
   }
   string(field: number, s: string): void {
-    if (!s) return;
-    this.bytes(field, Buffer.from(s, 'utf8'));
+    if (s) this.utf8(field, s);
+  }
+  /** A string field written even when empty; its UTF-8 bytes go straight into the buffer. */
+  utf8(field: number, s: string): void {
+    const n = Buffer.byteLength(s, 'utf8');
+    this.tag(field, LEN);
+    this.varint(n);
+    this.pos += this.buf.write(s, this.pos, n, 'utf8');
   }
   /** The whole buffer, or the pieces in order when some bytes were not copied. */
   finish(): Buffer | Uint8Array[] {
@@ -195,7 +201,7 @@ function writeStageMessage(m: StageMessageObject, framed: boolean, zeroCopyMin =
       w.tag(2, VARINT);
       w.varint(budget);
     }
-    for (const o of m.request.outputs) w.bytes(3, Buffer.from(o, 'utf8'));
+    for (const o of m.request.outputs) w.utf8(3, o);
   }
   if (m.cancel) {
     w.tag(3, VARINT);
@@ -253,24 +259,27 @@ export interface InferResponseObject {
   raw_output_contents: Uint8Array[];
 }
 
+/** Bytes of a string field written even when empty. */
+function utf8Len(field: number, s: string): number {
+  return lenField(field, Buffer.byteLength(s, 'utf8'));
+}
+
 export function frameInferResponse(r: InferResponseObject): Buffer | Uint8Array[] {
   // Every string field is written, empty or not, as protobufjs does for a field the object has.
-  const str = (field: number, v: string) => lenField(field, Buffer.byteLength(v, 'utf8'));
-  const metaSizes = r.outputs.map((t) => str(1, t.name) + str(2, t.datatype) + (t.shape.length ? lenField(3, shapeBody(t.shape)) : 0));
-  let size = str(1, r.model_name) + str(2, r.model_version) + str(3, r.id);
+  const metaSizes = r.outputs.map((t) => utf8Len(1, t.name) + utf8Len(2, t.datatype) + (t.shape.length ? lenField(3, shapeBody(t.shape)) : 0));
+  let size = utf8Len(1, r.model_name) + utf8Len(2, r.model_version) + utf8Len(3, r.id);
   for (const n of metaSizes) size += lenField(5, n);
   for (const b of r.raw_output_contents) size += lenField(6, b.byteLength);
   const raw = r.raw_output_contents.map((data) => ({ name: '', datatype: '', shape: [], data }));
   const w = writerFor(size, true, raw, ZERO_COPY_MIN);
-  const put = (field: number, v: string) => w.bytes(field, Buffer.from(v, 'utf8'));
-  put(1, r.model_name);
-  put(2, r.model_version);
-  put(3, r.id);
+  w.utf8(1, r.model_name);
+  w.utf8(2, r.model_version);
+  w.utf8(3, r.id);
   r.outputs.forEach((t, i) => {
     w.tag(5, LEN);
     w.varint(metaSizes[i]);
-    put(1, t.name);
-    put(2, t.datatype);
+    w.utf8(1, t.name);
+    w.utf8(2, t.datatype);
     if (t.shape.length) {
       w.tag(3, LEN);
       w.varint(shapeBody(t.shape));
