@@ -1,7 +1,7 @@
 /**
  * V8 flags every rank process runs with: `shardserve up` spawns its ranks with them, and the image's
- * `shardserve` launcher (runtime-image/Dockerfile) passes the same ones (a test holds the two equal).
- * They go on node's command line: NODE_OPTIONS does not accept them.
+ * `shardserve` command (runtime-image/launcher.sh) passes the same ones to `shardserve rank` (a test
+ * holds the two equal). They go on node's command line: NODE_OPTIONS does not accept them.
  *
  * `--initial-old-space-size=128` keeps V8's old-generation allocation limit at 128 MiB or more.
  * A rank's heap is small (about 20 MiB live), but every request allocates several activation-sized

@@ -21,20 +21,17 @@ afterAll(() => {
 const DOCKERFILE = readFileSync(join(ROOT, 'runtime-image', 'Dockerfile'), 'utf8');
 const FINAL_STAGE = DOCKERFILE.slice(DOCKERFILE.lastIndexOf('\nFROM '));
 
-/** The image's `shardserve` command as the Dockerfile's RUN line writes it. */
-function imageLauncher(): string {
-  const printf = /^RUN (printf '[^']*') > \/usr\/local\/bin\/shardserve /m.exec(FINAL_STAGE)?.[1];
-  if (!printf) throw new Error('the Dockerfile does not write /usr/local/bin/shardserve with printf');
-  return execFileSync('sh', ['-c', printf], { encoding: 'utf8' });
-}
+/** The image's `shardserve` command (the Dockerfile links it to /usr/local/bin/shardserve). */
+const LAUNCHER_TEXT = readFileSync(join(ROOT, 'runtime-image', 'launcher.sh'), 'utf8');
 
 /** That command, aimed at this checkout instead of /app: what the entrypoint runs. */
-const LAUNCHER = (() => {
-  const path = join(mkdtempSync(join(tmpdir(), 'launcher-')), 'shardserve');
-  writeFileSync(path, imageLauncher().replace('/app/bin/shardserve.mjs', join(ROOT, 'bin', 'shardserve.mjs')));
+function launcherIn(dir: string): string {
+  const path = join(dir, 'shardserve');
+  writeFileSync(path, LAUNCHER_TEXT.replaceAll('/app/bin/shardserve.mjs', join(ROOT, 'bin', 'shardserve.mjs')));
   chmodSync(path, 0o755);
   return path;
-})();
+}
+const LAUNCHER = launcherIn(mkdtempSync(join(tmpdir(), 'launcher-')));
 
 function runCli(args: string[], env: NodeJS.ProcessEnv) {
   const PATH = `${dirname(process.execPath)}:${process.env.PATH ?? ''}`;
@@ -68,8 +65,21 @@ describe('runtime-image/Dockerfile', () => {
     expect(final).toMatch(/^FROM node:20-[a-z-]*slim/m);
     expect(text).toMatch(/npm ci --omit=dev/);
   });
-  it('makes `shardserve` exec node with the rank\'s V8 flags (the same as `shardserve up` uses)', () => {
-    expect(imageLauncher()).toBe(`#!/bin/sh\nexec node ${RANK_NODE_FLAGS.join(' ')} /app/bin/shardserve.mjs "$@"\n`);
+  it('installs runtime-image/launcher.sh as the `shardserve` command', () => {
+    expect(final).toMatch(/^COPY runtime-image \.\/runtime-image$/m);
+    expect(final).toMatch(/^RUN ln -s \/app\/runtime-image\/launcher\.sh \/usr\/local\/bin\/shardserve && chmod 0755 \/app\/runtime-image\/launcher\.sh$/m);
+  });
+  it('has `shardserve rank` exec node with the rank\'s V8 flags (as `shardserve up` does), every other command without them', () => {
+    // A `node` that prints the arguments it was given, ahead of the real one on PATH.
+    const dir = mkdtempSync(join(tmpdir(), 'launcher-args-'));
+    writeFileSync(join(dir, 'node'), '#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n');
+    chmodSync(join(dir, 'node'), 0o755);
+    const launcher = launcherIn(dir);
+    const argv = (...args: string[]) => execFileSync(launcher, args, { env: { ...process.env, PATH: `${dir}:${process.env.PATH ?? ''}` }, encoding: 'utf8' }).trimEnd().split('\n');
+    const cli = join(ROOT, 'bin', 'shardserve.mjs');
+    expect(argv('rank')).toEqual([...RANK_NODE_FLAGS, cli, 'rank']);
+    expect(argv('operator', '--namespace', 'a b')).toEqual([cli, 'operator', '--namespace', 'a b']);
+    expect(argv()).toEqual([cli]);
   });
   it('keeps every write under /tmp (read-only root filesystem)', () => {
     expect(final).toMatch(/TMPDIR=\/tmp/);
