@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { services } from '../protos.js';
 import { frameMessage } from '../grpc-h2.js';
-import { decodeStageMessage, decodeStageReply, encodeStageMessage, encodeStageReply, frameInferResponse, frameStageMessage, frameStageReply, ZERO_COPY_MIN } from './codec.js';
+import { ALIGN_MIN, decodeStageMessage, decodeStageReply, encodeStageMessage, encodeStageReply, frameInferResponse, frameStageMessage, frameStageReply, ZERO_COPY_MIN } from './codec.js';
 
 // The hand-written codec must speak exactly rank.proto's wire format: checked both ways against
 // protobufjs (through proto-loader's definitions of the same messages).
@@ -62,6 +62,41 @@ describe('rank.proto codec', () => {
     const one = frameStageMessage({ id: '2', cancel: true });
     expect(Buffer.isBuffer(one)).toBe(true);
     expect(one).toEqual(Buffer.concat([Buffer.from([0, 0, 0, 0, encodeStageMessage({ id: '2', cancel: true }).length]), encodeStageMessage({ id: '2', cancel: true })]));
+  });
+
+  it('starts every large request tensor 8-byte aligned in the message, whatever comes before it', () => {
+    const filled = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed) % 256));
+    const bigs = [ALIGN_MIN, ALIGN_MIN + 3, 200_001, (1 << 21) + 5].map(filled);
+    let checked = 0;
+    for (const id of ['1', '127', '128', '16384', '2147483648']) {
+      for (let nameLength = 0; nameLength <= 9; nameLength++) {
+        for (const [b, big] of bigs.entries()) {
+          const name = 'n'.repeat(nameLength);
+          const m = { id, request: { tensors: [
+            { name, datatype: 'FP32', shape: [String(big.length / 4 | 0), '1'], data: big },
+            { name: 'small', datatype: 'INT8', shape: ['3'], data: Buffer.from([1, 2, 3]) },
+            { name: name + 'é', datatype: 'UINT8', shape: ['2', String(bigs[(b + 1) % bigs.length].length)], data: bigs[(b + 1) % bigs.length] },
+          ], budget_us: b % 2 ? '0' : '34359738368', outputs: b % 2 ? [] : ['y', ''] } };
+          const framed = Buffer.concat(frameStageMessage(m) as Uint8Array[]);
+          const encoded = encodeStageMessage(m);
+          expect(framed.subarray(5).equals(encoded)).toBe(true);
+          // What the receiver does with a message over several chunks: join it into a fresh buffer.
+          const body = Buffer.from(new ArrayBuffer(encoded.length));
+          body.set(encoded);
+          const got = decodeStageMessage(body).request!.tensors;
+          for (const i of [0, 2]) {
+            expect(got[i].data.byteOffset % 8).toBe(0);
+            expect(Buffer.from(got[i].data).equals(m.request.tensors[i].data)).toBe(true);
+          }
+          expect(got.map((t) => [t.name, t.datatype, t.shape.map(String)])).toEqual(m.request.tensors.map((t) => [t.name, t.datatype, t.shape]));
+          const theirs = reference().requestDeserialize(encoded);
+          expect(theirs.request.tensors.map((t: any) => Buffer.compare(t.data, m.request.tensors[theirs.request.tensors.indexOf(t)].data))).toEqual([0, 0, 0]);
+          expect(theirs.request.budget_us).toBe(m.request.budget_us);
+          checked++;
+        }
+      }
+    }
+    expect(checked).toBe(200);
   });
 
   it('writes ModelInferResponse byte for byte as protobufjs does, large outputs referenced', () => {

@@ -64,6 +64,10 @@ class Writer {
   string(field: number, s: string): void {
     if (s) this.utf8(field, s);
   }
+  zeros(n: number): void {
+    this.buf.fill(0, this.pos, this.pos + n);
+    this.pos += n;
+  }
   /** A string field written even when empty; its UTF-8 bytes go straight into the buffer. */
   utf8(field: number, s: string): void {
     const n = Buffer.byteLength(s, 'utf8');
@@ -99,14 +103,15 @@ function shapeBody(shape: Array<number | string>): number {
   return n;
 }
 
-function tensorSize(t: WireTensor): number {
+/** `pad`: bytes of the Tensor's pad field (0 = none; see requestPads). */
+function tensorSize(t: WireTensor, pad = 0): number {
   const shape = shapeBody(t.shape);
-  return strLen(1, t.name) + strLen(2, t.datatype) + (t.shape.length ? lenField(3, shape) : 0) + (t.data.byteLength ? lenField(4, t.data.byteLength) : 0);
+  return strLen(1, t.name) + strLen(2, t.datatype) + (t.shape.length ? lenField(3, shape) : 0) + pad + (t.data.byteLength ? lenField(4, t.data.byteLength) : 0);
 }
 
-function writeTensor(w: Writer, field: number, t: WireTensor): void {
+function writeTensor(w: Writer, field: number, t: WireTensor, pad = 0): void {
   w.tag(field, LEN);
-  w.varint(tensorSize(t));
+  w.varint(tensorSize(t, pad));
   w.string(1, t.name);
   w.string(2, t.datatype);
   if (t.shape.length) {
@@ -114,7 +119,22 @@ function writeTensor(w: Writer, field: number, t: WireTensor): void {
     w.varint(shapeBody(t.shape));
     for (const d of t.shape) w.varint(Number(d));
   }
+  if (pad) {
+    w.tag(PAD_FIELD, LEN);
+    w.varint(pad - 2);
+    w.zeros(pad - 2);
+  }
   if (t.data.byteLength) w.bytes(4, t.data, true);
+}
+
+/** Tensor.pad of rank.proto: zero bytes a reader ignores. */
+const PAD_FIELD = 15;
+/** Request tensors of at least this many bytes start 8-byte aligned within the message (requestPads). */
+export const ALIGN_MIN = ZERO_COPY_MIN;
+
+/** Bytes of a pad field that moves what follows it by `shift` (mod 8): none, or 2 to 9 (tag, length, zeros). */
+function padBytes(shift: number): number {
+  return shift === 0 ? 0 : shift === 1 ? 9 : shift;
 }
 
 export interface StageMessageObject {
@@ -175,12 +195,53 @@ export function frameStageReply(r: StageReplyObject): Buffer | Uint8Array[] {
   return writeStageReply(r, true, ZERO_COPY_MIN);
 }
 
+/**
+ * The pad field of each tensor of a StageMessage's request, so that the data of every tensor of
+ * ALIGN_MIN bytes or more starts at a multiple of 8 bytes from the message's start. The receiving
+ * stage joins a large message into a fresh buffer (MessageReader), so its tensors are then
+ * aligned views that onnxruntime takes as they are; unaligned, each would be copied first (a
+ * Float32Array cannot start at an odd offset). A pad changes the length fields before it, so the
+ * layout is recomputed until it holds (two passes unless a length crosses a varint boundary).
+ */
+function requestPads(m: StageMessageObject): number[] {
+  const tensors = m.request?.tensors ?? [];
+  const pads = tensors.map(() => 0);
+  if (!tensors.some((t) => t.data.byteLength >= ALIGN_MIN)) return pads;
+  const id = Number(m.id);
+  const budget = Number(m.request!.budget_us);
+  let tail = budget ? 1 + varintSize(budget) : 0;
+  for (const o of m.request!.outputs) tail += lenField(3, Buffer.byteLength(o, 'utf8'));
+  for (let pass = 0; pass < 4; pass++) {
+    let reqSize = tail;
+    for (let i = 0; i < tensors.length; i++) reqSize += lenField(1, tensorSize(tensors[i], pads[i]));
+    let pos = (id ? 1 + varintSize(id) : 0) + 1 + varintSize(reqSize);
+    let changed = false;
+    for (let i = 0; i < tensors.length; i++) {
+      const t = tensors[i];
+      const own = tensorSize(t, pads[i]);
+      pos += 1 + varintSize(own) + own - t.data.byteLength; // where the data starts
+      if (t.data.byteLength >= ALIGN_MIN) {
+        const pad = padBytes((((pads[i] - pos) % 8) + 8) % 8);
+        if (pad !== pads[i]) {
+          pos += pad - pads[i];
+          pads[i] = pad;
+          changed = true;
+        }
+      }
+      pos += t.data.byteLength;
+    }
+    if (!changed) break;
+  }
+  return pads;
+}
+
 function writeStageMessage(m: StageMessageObject, framed: boolean, zeroCopyMin = Infinity): Buffer | Uint8Array[] {
   const id = Number(m.id);
   let size = id ? varintSize(8) + varintSize(id) : 0;
   let reqSize = 0;
+  const pads = requestPads(m);
   if (m.request) {
-    for (const t of m.request.tensors) reqSize += lenField(1, tensorSize(t));
+    m.request.tensors.forEach((t, i) => (reqSize += lenField(1, tensorSize(t, pads[i]))));
     const budget = Number(m.request.budget_us);
     if (budget) reqSize += 1 + varintSize(budget);
     for (const o of m.request.outputs) reqSize += lenField(3, Buffer.byteLength(o, 'utf8'));
@@ -195,7 +256,7 @@ function writeStageMessage(m: StageMessageObject, framed: boolean, zeroCopyMin =
   if (m.request) {
     w.tag(2, LEN);
     w.varint(reqSize);
-    for (const t of m.request.tensors) writeTensor(w, 1, t);
+    m.request.tensors.forEach((t, i) => writeTensor(w, 1, t, pads[i]));
     const budget = Number(m.request.budget_us);
     if (budget) {
       w.tag(2, VARINT);
