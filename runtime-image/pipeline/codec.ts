@@ -150,10 +150,10 @@ export interface StageReplyObject {
   timings: Array<{ stage: number; compute_us: string }>;
 }
 
-/** Bytes of tensor data in `tensors` that a writer with `zeroCopyMin` leaves uncopied. */
-function uncopied(tensors: readonly WireTensor[], zeroCopyMin: number): number {
+/** Bytes of `data` (tensor bytes) that a writer with `zeroCopyMin` leaves uncopied. */
+function uncopied(data: readonly Uint8Array[], zeroCopyMin: number): number {
   let n = 0;
-  for (const t of tensors) if (leftUncopied(t.data, zeroCopyMin)) n += t.data.byteLength;
+  for (const b of data) if (leftUncopied(b, zeroCopyMin)) n += b.byteLength;
   return n;
 }
 
@@ -162,8 +162,8 @@ function uncopied(tensors: readonly WireTensor[], zeroCopyMin: number): number {
  * big-endian length) when `framed`, so the message goes onto a gRPC stream as it is. With
  * `zeroCopyMin`, large tensor bytes are referenced rather than copied (see Writer).
  */
-function writerFor(size: number, framed: boolean, tensors: readonly WireTensor[], zeroCopyMin = Infinity): Writer {
-  const own = size - uncopied(tensors, zeroCopyMin);
+function writerFor(size: number, framed: boolean, data: readonly Uint8Array[], zeroCopyMin = Infinity): Writer {
+  const own = size - uncopied(data, zeroCopyMin);
   if (!framed) return new Writer(Buffer.allocUnsafe(own), 0, zeroCopyMin);
   const buf = Buffer.allocUnsafe(5 + own);
   buf[0] = 0;
@@ -202,15 +202,11 @@ export function frameStageReply(r: StageReplyObject): Buffer | Uint8Array[] {
  * aligned views that onnxruntime takes as they are; unaligned, each would be copied first (a
  * Float32Array cannot start at an odd offset). A pad changes the length fields before it, so the
  * layout is recomputed until it holds (two passes unless a length crosses a varint boundary).
+ * `tail`: bytes of the request's fields after its tensors (budget, requested outputs).
  */
-function requestPads(m: StageMessageObject): number[] {
-  const tensors = m.request?.tensors ?? [];
+function requestPads(id: number, tensors: readonly WireTensor[], tail: number): number[] {
   const pads = tensors.map(() => 0);
   if (!tensors.some((t) => t.data.byteLength >= ALIGN_MIN)) return pads;
-  const id = Number(m.id);
-  const budget = Number(m.request!.budget_us);
-  let tail = budget ? 1 + varintSize(budget) : 0;
-  for (const o of m.request!.outputs) tail += lenField(3, Buffer.byteLength(o, 'utf8'));
   for (let pass = 0; pass < 4; pass++) {
     let reqSize = tail;
     for (let i = 0; i < tensors.length; i++) reqSize += lenField(1, tensorSize(tensors[i], pads[i]));
@@ -239,16 +235,17 @@ function writeStageMessage(m: StageMessageObject, framed: boolean, zeroCopyMin =
   const id = Number(m.id);
   let size = id ? varintSize(8) + varintSize(id) : 0;
   let reqSize = 0;
-  const pads = requestPads(m);
+  let pads: number[] = [];
   if (m.request) {
-    m.request.tensors.forEach((t, i) => (reqSize += lenField(1, tensorSize(t, pads[i]))));
     const budget = Number(m.request.budget_us);
     if (budget) reqSize += 1 + varintSize(budget);
-    for (const o of m.request.outputs) reqSize += lenField(3, Buffer.byteLength(o, 'utf8'));
+    for (const o of m.request.outputs) reqSize += utf8Len(3, o);
+    pads = requestPads(id, m.request.tensors, reqSize);
+    m.request.tensors.forEach((t, i) => (reqSize += lenField(1, tensorSize(t, pads[i]))));
     size += lenField(2, reqSize);
   }
   if (m.cancel) size += 2;
-  const w = writerFor(size, framed, m.request?.tensors ?? [], zeroCopyMin);
+  const w = writerFor(size, framed, m.request?.tensors.map((t) => t.data) ?? [], zeroCopyMin);
   if (id) {
     w.tag(1, VARINT);
     w.varint(id);
@@ -279,7 +276,7 @@ function writeStageReply(r: StageReplyObject, framed: boolean, zeroCopyMin = Inf
   if (r.error) size += lenField(3, errSize);
   const timingSizes = r.timings.map((t) => (t.stage ? 1 + varintSize(t.stage) : 0) + (Number(t.compute_us) ? 1 + varintSize(Number(t.compute_us)) : 0));
   for (const n of timingSizes) size += lenField(4, n);
-  const w = writerFor(size, framed, r.outputs, zeroCopyMin);
+  const w = writerFor(size, framed, r.outputs.map((t) => t.data), zeroCopyMin);
   if (id) {
     w.tag(1, VARINT);
     w.varint(id);
@@ -331,8 +328,7 @@ export function frameInferResponse(r: InferResponseObject): Buffer | Uint8Array[
   let size = utf8Len(1, r.model_name) + utf8Len(2, r.model_version) + utf8Len(3, r.id);
   for (const n of metaSizes) size += lenField(5, n);
   for (const b of r.raw_output_contents) size += lenField(6, b.byteLength);
-  const raw = r.raw_output_contents.map((data) => ({ name: '', datatype: '', shape: [], data }));
-  const w = writerFor(size, true, raw, ZERO_COPY_MIN);
+  const w = writerFor(size, true, r.raw_output_contents, ZERO_COPY_MIN);
   w.utf8(1, r.model_name);
   w.utf8(2, r.model_version);
   w.utf8(3, r.id);
