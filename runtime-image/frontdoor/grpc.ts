@@ -3,7 +3,7 @@ import type { DataPlane, InferRequest } from '../dataplane.js';
 import { InferError, asInferError, grpcCodeOf } from '../errors.js';
 import type { Lifecycle } from '../lifecycle.js';
 import type { RankMetrics } from '../metrics.js';
-import { type CallContext, framed, GrpcStatus, GrpcWireError, type MethodHandler } from '../grpc-h2.js';
+import { type CallContext, type Framed, framed, GrpcStatus, GrpcWireError, type MethodHandler } from '../grpc-h2.js';
 import { frameInferResponse } from '../pipeline/codec.js';
 import { services } from '../protos.js';
 import { fromTypedContents, isOipDatatype, type Tensor } from '../tensor.js';
@@ -17,14 +17,17 @@ function asWireError(e: unknown): GrpcWireError {
   return new GrpcWireError(grpcCodeOf(err.kind), err.message);
 }
 
-/** The unary methods of a proto-loader service, on the grpc-h2 transport (paths and codecs from the .proto). */
-function unaryMethods(def: ServiceDefinition, impls: Record<string, Impl>): Record<string, MethodHandler> {
+/**
+ * The unary methods of a proto-loader service, on the grpc-h2 transport (paths and codecs from the
+ * .proto); `encoders` replaces the reply codec of the methods it names.
+ */
+function unaryMethods(def: ServiceDefinition, impls: Record<string, Impl>, encoders: Record<string, (reply: any) => Framed> = {}): Record<string, MethodHandler> {
   return Object.fromEntries(Object.entries(impls).map(([name, impl]) => {
     const m = def[name] as any;
     const handler: MethodHandler = {
       kind: 'unary',
       decode: (b) => m.requestDeserialize(b),
-      encodeFramed: (v) => framed(m.responseSerialize(v)),
+      encodeFramed: encoders[name] ?? ((v) => framed(m.responseSerialize(v))),
       handle: async (request, ctx) => {
         try {
           return await impl(request, ctx);
@@ -60,7 +63,7 @@ export function inferRequestFromGrpc(msg: any): InferRequest {
 
 /** inference.GRPCInferenceService over the data plane. */
 export function oipMethods(plane: DataPlane, metrics?: RankMetrics): Record<string, MethodHandler> {
-  const methods = unaryMethods(services().oip.service, {
+  return unaryMethods(services().oip.service, {
     ServerLive: () => ({ live: plane.live() }),
     ServerReady: () => ({ ready: plane.ready() }),
     ModelReady: (req) => ({ ready: plane.modelReady(req.name, req.version || undefined) }),
@@ -90,11 +93,8 @@ export function oipMethods(plane: DataPlane, metrics?: RankMetrics): Record<stri
     RepositoryModelUnload: () => {
       throw new InferError('Unimplemented', 'shardserve loads its model at start; there is no model repository to unload from');
     },
-  });
-  // ModelInfer's reply through the hand codec: the same bytes, outputs not copied into the message.
-  const infer = (services().oip.service as any).ModelInfer.path as string;
-  methods[infer] = { ...(methods[infer] as Extract<MethodHandler, { kind: 'unary' }>), encodeFramed: frameInferResponse };
-  return methods;
+    // ModelInfer's reply through the hand codec: the same bytes, outputs not copied into the message.
+  }, { ModelInfer: frameInferResponse });
 }
 
 const HEALTH_SERVICES = new Set(['', 'inference.GRPCInferenceService']);
