@@ -18,9 +18,6 @@ afterAll(() => {
   for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
 });
 
-const DOCKERFILE = readFileSync(join(ROOT, 'runtime-image', 'Dockerfile'), 'utf8');
-const FINAL_STAGE = DOCKERFILE.slice(DOCKERFILE.lastIndexOf('\nFROM '));
-
 /** The image's `shardserve` command (the Dockerfile links it to /usr/local/bin/shardserve). */
 const LAUNCHER_TEXT = readFileSync(join(ROOT, 'runtime-image', 'launcher.sh'), 'utf8');
 
@@ -54,8 +51,8 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: n
 }
 
 describe('runtime-image/Dockerfile', () => {
-  const text = DOCKERFILE;
-  const final = FINAL_STAGE;
+  const text = readFileSync(join(ROOT, 'runtime-image', 'Dockerfile'), 'utf8');
+  const final = text.slice(text.lastIndexOf('\nFROM '));
   it('runs as a numeric non-root user in the final stage', () => {
     const user = /^USER\s+(\S+)/m.exec(final)?.[1];
     expect(user).toMatch(/^[1-9]\d*(:\d+)?$/);
