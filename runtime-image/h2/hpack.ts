@@ -1,0 +1,239 @@
+// HPACK (RFC 7541), as much as an HTTP/2 server needs: a full decoder (static and dynamic tables,
+// Huffman-coded strings, table size updates) and an encoder that writes literals without indexing
+// (so the peer's table size never matters to us).
+
+/** RFC 7541 Appendix A: the static table, index 1 first. */
+const STATIC_TABLE: readonly (readonly [string, string])[] = [
+  [':authority', ''], [':method', 'GET'], [':method', 'POST'], [':path', '/'], [':path', '/index.html'],
+  [':scheme', 'http'], [':scheme', 'https'], [':status', '200'], [':status', '204'], [':status', '206'],
+  [':status', '304'], [':status', '400'], [':status', '404'], [':status', '500'], ['accept-charset', ''],
+  ['accept-encoding', 'gzip, deflate'], ['accept-language', ''], ['accept-ranges', ''], ['accept', ''],
+  ['access-control-allow-origin', ''], ['age', ''], ['allow', ''], ['authorization', ''], ['cache-control', ''],
+  ['content-disposition', ''], ['content-encoding', ''], ['content-language', ''], ['content-length', ''],
+  ['content-location', ''], ['content-range', ''], ['content-type', ''], ['cookie', ''], ['date', ''],
+  ['etag', ''], ['expect', ''], ['expires', ''], ['from', ''], ['host', ''], ['if-match', ''],
+  ['if-modified-since', ''], ['if-none-match', ''], ['if-range', ''], ['if-unmodified-since', ''],
+  ['last-modified', ''], ['link', ''], ['location', ''], ['max-forwards', ''], ['proxy-authenticate', ''],
+  ['proxy-authorization', ''], ['range', ''], ['referer', ''], ['refresh', ''], ['retry-after', ''],
+  ['server', ''], ['set-cookie', ''], ['strict-transport-security', ''], ['transfer-encoding', ''],
+  ['user-agent', ''], ['vary', ''], ['via', ''], ['www-authenticate', ''],
+];
+
+/**
+ * RFC 7541 Appendix B: the Huffman code length of each symbol 0..256 (256 = EOS), as a character
+ * 'A' + length - 5. The code is canonical (codes of one length are consecutive, in symbol order,
+ * shorter lengths first), so the lengths determine it; the test checks the code is complete.
+ */
+const HUFFMAN_LENGTHS =
+  'ISXXXXXXXTZXXZXXXXXXXXZXXXXXXXXXBFFHIBDGFFDGDBBBAAABBBBBBBCDKBHFIBCCCCCCCCCCCCCCCCCCCCCCDCDIOIJBKABABABBBACCBBBABCBAABCCCCCKGJIXPRPPRRRSRSSSSSTSTTRSTSSSSQRSRSSTRQPRRSSQSRRTQRSSQQRQSRSSPRRRSRRSVVPORSRUVVVWWVTUOQVWWVWTQQVVXWWWPTPQRQQSRRUUTTVSVWVVWWWWWXWWWWWVZ';
+const EOS = 256;
+
+/** The canonical decoding tables: per length, the first code, how many codes, and where they start in `symbols`. */
+const huffman = (() => {
+  const lengths = Array.from(HUFFMAN_LENGTHS, (c) => c.charCodeAt(0) - 65 + 5);
+  const symbols = Array.from(lengths.keys()).sort((a, b) => lengths[a] - lengths[b] || a - b);
+  const first = new Int32Array(31).fill(-1);
+  const count = new Int32Array(31);
+  const start = new Int32Array(31);
+  let code = 0;
+  let len = lengths[symbols[0]];
+  symbols.forEach((s, i) => {
+    if (i > 0) code = (code + 1) * 2 ** (lengths[s] - len);
+    len = lengths[s];
+    if (count[len] === 0) {
+      first[len] = code;
+      start[len] = i;
+    }
+    count[len]++;
+  });
+  return { lengths, symbols: Int16Array.from(symbols), first, count, start };
+})();
+
+/** An HPACK decoding error: the connection must end with COMPRESSION_ERROR. */
+export class HpackError extends Error {}
+
+/** Decodes a Huffman-coded string (RFC 7541 5.2). */
+export function huffmanDecode(bytes: Uint8Array): string {
+  const out: number[] = [];
+  let code = 0;
+  let len = 0;
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i];
+    for (let bit = 7; bit >= 0; bit--) {
+      code = code * 2 + ((b >> bit) & 1);
+      len++;
+      if (len > 30) throw new HpackError('invalid Huffman code');
+      const first = huffman.first[len];
+      if (first >= 0 && code - first < huffman.count[len]) {
+        const s = huffman.symbols[huffman.start[len] + code - first];
+        if (s === EOS) throw new HpackError('EOS in a Huffman-coded string');
+        out.push(s);
+        code = 0;
+        len = 0;
+      }
+    }
+  }
+  // Padding: fewer than 8 bits, all ones (the most significant bits of EOS).
+  if (len > 7 || code !== 2 ** len - 1) throw new HpackError('invalid Huffman padding');
+  return Buffer.from(out).toString('latin1');
+}
+
+/** The Huffman code of symbol `s` (for tests): [code, length]. */
+export function huffmanCodeOf(s: number): [number, number] {
+  const len = huffman.lengths[s];
+  const i = huffman.symbols.indexOf(s);
+  return [huffman.first[len] + (i - huffman.start[len]), len];
+}
+
+/** Decoded header fields: names as sent (lower case in HTTP/2), values as latin1 strings; repeats joined with ', '. */
+export type HeaderFields = Record<string, string>;
+
+/**
+ * One connection's HPACK decoder. `maxTableSize` is the SETTINGS_HEADER_TABLE_SIZE we advertised
+ * (the peer may lower the table with size updates, never raise it above that); `maxListSize` bounds
+ * a decoded header list (names + values + 32 per field, as RFC 7540 counts it).
+ */
+export class HpackDecoder {
+  private table: [string, string][] = [];
+  private tableSize = 0;
+  private limit: number;
+
+  constructor(private readonly maxTableSize = 4096, private readonly maxListSize = 64 * 1024) {
+    this.limit = maxTableSize;
+  }
+
+  decode(block: Uint8Array): HeaderFields {
+    const fields: HeaderFields = {};
+    let listSize = 0;
+    let p = 0;
+    let fieldSeen = false;
+    const add = (name: string, value: string) => {
+      fieldSeen = true;
+      listSize += name.length + value.length + 32;
+      if (listSize > this.maxListSize) throw new HpackError(`header list over ${this.maxListSize} bytes`);
+      const prev = fields[name];
+      fields[name] = prev === undefined ? value : `${prev}, ${value}`;
+    };
+    const integer = (prefixBits: number): number => {
+      if (p >= block.length) throw new HpackError('truncated integer');
+      const mask = (1 << prefixBits) - 1;
+      let v = block[p++] & mask;
+      if (v < mask) return v;
+      let shift = 0;
+      for (;;) {
+        if (p >= block.length) throw new HpackError('truncated integer');
+        const b = block[p++];
+        v += (b & 0x7f) * 2 ** shift;
+        shift += 7;
+        if (v > 0x7fffffff) throw new HpackError('integer too large');
+        if ((b & 0x80) === 0) return v;
+      }
+    };
+    const string = (): string => {
+      if (p >= block.length) throw new HpackError('truncated string');
+      const huff = (block[p] & 0x80) !== 0;
+      const len = integer(7);
+      if (p + len > block.length) throw new HpackError('truncated string');
+      const bytes = block.subarray(p, p + len);
+      p += len;
+      return huff ? huffmanDecode(bytes) : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
+    };
+    const entry = (index: number): readonly [string, string] => {
+      if (index === 0) throw new HpackError('index 0');
+      if (index <= STATIC_TABLE.length) return STATIC_TABLE[index - 1];
+      const e = this.table[index - STATIC_TABLE.length - 1];
+      if (!e) throw new HpackError(`index ${index} is past the tables`);
+      return e;
+    };
+    while (p < block.length) {
+      const b = block[p];
+      if (b & 0x80) {
+        // Indexed field.
+        const [n, v] = entry(integer(7));
+        add(n, v);
+      } else if (b & 0x40) {
+        // Literal with incremental indexing.
+        const index = integer(6);
+        const name = index === 0 ? string() : entry(index)[0];
+        const value = string();
+        this.insert(name, value);
+        add(name, value);
+      } else if (b & 0x20) {
+        // Dynamic table size update: only at the start of a block, at most what we allowed.
+        if (fieldSeen) throw new HpackError('table size update after a field');
+        const size = integer(5);
+        if (size > this.maxTableSize) throw new HpackError(`table size ${size} over the ${this.maxTableSize} allowed`);
+        this.limit = size;
+        this.evict(0);
+      } else {
+        // Literal without indexing (0000) or never indexed (0001).
+        const index = integer(4);
+        const name = index === 0 ? string() : entry(index)[0];
+        add(name, string());
+      }
+    }
+    return fields;
+  }
+
+  private insert(name: string, value: string): void {
+    const size = name.length + value.length + 32;
+    this.evict(size);
+    if (size <= this.limit) {
+      this.table.unshift([name, value]);
+      this.tableSize += size;
+    }
+  }
+
+  /** Drops the oldest entries until `room` more bytes fit (all of them when it cannot). */
+  private evict(room: number): void {
+    while (this.table.length > 0 && this.tableSize + room > this.limit) {
+      const [n, v] = this.table.pop()!;
+      this.tableSize -= n.length + v.length + 32;
+    }
+  }
+}
+
+function encodeInteger(out: number[], value: number, prefixBits: number, high: number): void {
+  const mask = (1 << prefixBits) - 1;
+  if (value < mask) {
+    out.push(high | value);
+    return;
+  }
+  out.push(high | mask);
+  value -= mask;
+  while (value >= 0x80) {
+    out.push((value % 0x80) | 0x80);
+    value = Math.floor(value / 0x80);
+  }
+  out.push(value);
+}
+
+const staticNameIndex = new Map<string, number>();
+STATIC_TABLE.forEach(([n], i) => {
+  if (!staticNameIndex.has(n)) staticNameIndex.set(n, i + 1);
+});
+
+/**
+ * Encodes header fields as literals without indexing (a static-table name where there is one,
+ * raw strings); `:status 200` as its static entry. Names must be lower case; values latin1.
+ */
+export function encodeHeaders(fields: readonly (readonly [string, string])[]): Buffer {
+  const out: number[] = [];
+  for (const [name, value] of fields) {
+    if (name === ':status' && value === '200') {
+      out.push(0x88);
+      continue;
+    }
+    const index = staticNameIndex.get(name);
+    if (index !== undefined) encodeInteger(out, index, 4, 0x00);
+    else {
+      out.push(0x00);
+      encodeInteger(out, name.length, 7, 0x00);
+      for (let i = 0; i < name.length; i++) out.push(name.charCodeAt(i));
+    }
+    const v = Buffer.from(value, 'latin1');
+    encodeInteger(out, v.length, 7, 0x00);
+    for (const c of v) out.push(c);
+  }
+  return Buffer.from(out);
+}
