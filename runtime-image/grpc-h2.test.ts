@@ -2,7 +2,7 @@ import { credentials, makeGenericClientConstructor, Metadata, status as grpcStat
 import { afterEach, describe, expect, it } from 'vitest';
 import * as http2 from 'node:http2';
 import { deflateSync, gzipSync } from 'node:zlib';
-import { type CallContext, createGrpcH2Server, deadlineOf, frameMessage, framed, GrpcStatus, GrpcWireError, MessageReader, REPLY_SINK_HEADER, REPLY_VIA_HEADER, SESSION_WINDOW, type GrpcH2Server, type ServerStreamCall } from './grpc-h2.js';
+import { type CallContext, createGrpcH2Server, createGrpcServer, deadlineOf, frameMessage, framed, GrpcStatus, GrpcWireError, MessageReader, REPLY_SINK_HEADER, REPLY_VIA_HEADER, SESSION_WINDOW, type GrpcH2Server, type ServerStreamCall } from './grpc-h2.js';
 import { FORWARD_PATH, StageLink } from './pipeline/stage-link.js';
 import { decodeStageMessage, frameStageReply } from './pipeline/codec.js';
 
@@ -67,7 +67,11 @@ describe('deadlineOf (grpc-timeout)', () => {
   });
 });
 
-describe('gRPC on node:http2 against grpc-js (a real gRPC client)', () => {
+// The same calls on both server transports: node:http2 (the rank port) and our own HTTP/2 (the front door; no bidi methods).
+describe.each([
+  { transport: 'node:http2', make: createGrpcH2Server, bidi: true },
+  { transport: 'our own HTTP/2 (h2/server.ts)', make: createGrpcServer, bidi: false },
+])('gRPC on $transport against grpc-js (a real gRPC client)', ({ make, bidi }) => {
   let server: GrpcH2Server | undefined;
   afterEach(async () => {
     await server?.close(100);
@@ -79,7 +83,7 @@ describe('gRPC on node:http2 against grpc-js (a real gRPC client)', () => {
   const ticksGone = new Promise<void>((r) => (ticksCancelled = r));
 
   async function start(onChat?: (call: ServerStreamCall<any, any>) => void): Promise<number> {
-    server = createGrpcH2Server({
+    server = make({
       '/t.E/Echo': { kind: 'unary', decode: id, encodeFramed: (m: Buffer) => frameMessage(Buffer.concat([Buffer.from('echo:'), m])), handle: async (m: Buffer) => {
         if (m.toString() === 'missing') throw new GrpcWireError(GrpcStatus.NOT_FOUND, "model 'missing' is not served here (100%)");
         if (m.toString() === 'crash') throw new TypeError('boom');
@@ -93,11 +97,11 @@ describe('gRPC on node:http2 against grpc-js (a real gRPC client)', () => {
         for (let i = 0; i < Number(m.toString()); i++) call.write(Buffer.from(`tick ${i}`));
         call.on('cancelled', () => ticksCancelled());
       } },
-      '/t.E/Chat': { kind: 'bidi', decode: id, encodeFramed: frameMessage, open: (call) => {
+      ...(bidi ? { '/t.E/Chat': { kind: 'bidi' as const, decode: id, encodeFramed: frameMessage, open: (call: ServerStreamCall<any, any>) => {
         call.on('data', (m: Buffer) => call.write(Buffer.from(m.toString().toUpperCase())));
         call.on('end', () => call.end());
         onChat?.(call);
-      } },
+      } } } : {}),
     }, { maxMessageBytes: 1024 });
     return server.listen('127.0.0.1', 0);
   }
@@ -124,7 +128,7 @@ describe('gRPC on node:http2 against grpc-js (a real gRPC client)', () => {
 
   it('carries messages of many MiB both ways in a unary call', async () => {
     // framed(): a body this large goes out as prefix + body, without a copy.
-    server = createGrpcH2Server({ '/t.E/Echo': { kind: 'unary', decode: id, encodeFramed: framed, handle: (m: Buffer) => m } }, { maxMessageBytes: 64 << 20 });
+    server = make({ '/t.E/Echo': { kind: 'unary', decode: id, encodeFramed: framed, handle: (m: Buffer) => m } }, { maxMessageBytes: 64 << 20 });
     const port = await server.listen('127.0.0.1', 0);
     const client = new (makeGenericClientConstructor(defs, 'E'))(`127.0.0.1:${port}`, credentials.createInsecure(), { 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 }) as any;
     const body = Buffer.from(new Uint8Array(24 << 20).map((_, i) => (i * 13) & 0xff));
@@ -163,7 +167,7 @@ describe('gRPC on node:http2 against grpc-js (a real gRPC client)', () => {
     client.close();
   });
 
-  it('streams both ways in order, and tells the handler when the client cancels', async () => {
+  if (bidi) it('streams both ways in order, and tells the handler when the client cancels', async () => {
     let cancelled!: () => void;
     const wasCancelled = new Promise<void>((r) => (cancelled = r));
     const port = await start((call) => call.on('cancelled', () => cancelled()));

@@ -6,8 +6,10 @@
 // accepted; replies are not compressed.
 import { EventEmitter } from 'node:events';
 import * as http2 from 'node:http2';
+import type * as net from 'node:net';
 import { gunzipSync, inflateSync } from 'node:zlib';
 import { CancelSource, type CancelSignal } from './cancel.js';
+import { createH2Server } from './h2/server.js';
 
 /** gRPC status codes used here. */
 export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
@@ -76,7 +78,7 @@ export function framed(body: Uint8Array): Framed {
 }
 
 /** Writes a framed message (and ends the stream after it when `end`); false when the stream wants a pause. */
-export function writeFramed(stream: http2.Http2Stream, message: Framed, end: boolean): boolean {
+export function writeFramed(stream: { write(chunk: Uint8Array): boolean; end(chunk?: Uint8Array): void }, message: Framed, end: boolean): boolean {
   if (Buffer.isBuffer(message)) {
     if (end) stream.end(message);
     return end || stream.write(message);
@@ -165,6 +167,26 @@ export interface ServerStreamCall<Req, Res> extends EventEmitter {
   on(event: 'end' | 'cancelled', listener: () => void): this;
 }
 
+/**
+ * The part of a server-side HTTP/2 stream the gRPC calls use: node:http2's ServerHttp2Stream has it,
+ * and so has our own transport's H2Stream (h2/server.ts).
+ */
+export interface GrpcServerStream {
+  readonly destroyed: boolean;
+  readonly headersSent: boolean;
+  readonly writableEnded: boolean;
+  respond(headers: Record<string, string | number>, opts?: { endStream?: boolean; waitForTrailers?: boolean }): void;
+  write(chunk: Uint8Array): boolean;
+  end(chunk?: Uint8Array | string): void;
+  sendTrailers(headers: Record<string, string>): void;
+  on(event: 'data', listener: (chunk: Buffer) => void): this;
+  on(event: 'end' | 'close', listener: () => void): this;
+  once(event: 'wantTrailers', listener: () => void): this;
+}
+
+/** Request headers as either transport gives them. */
+type RequestHeaders = Record<string, string | string[] | undefined>;
+
 /** What a handler knows of its call: the client's deadline (grpc-timeout) and its cancellation. */
 export interface CallContext {
   /** Epoch milliseconds, when the client set grpc-timeout. */
@@ -191,7 +213,7 @@ export function deadlineOf(timeout: unknown, now = Date.now()): number | undefin
 }
 
 export interface GrpcH2Server {
-  server: http2.Http2Server;
+  server: net.Server;
   /** Listen on host:port; resolves with the bound port. */
   listen(host: string, port: number): Promise<number>;
   /** Stop accepting, ask every client to go (GOAWAY), and after `graceMs` drop what is left. */
@@ -214,7 +236,7 @@ export function decodeGrpcMessage(value: unknown): string {
   }
 }
 
-function trailersOnly(stream: http2.ServerHttp2Stream, code: number, message: string): void {
+function trailersOnly(stream: GrpcServerStream, code: number, message: string): void {
   if (stream.destroyed || stream.headersSent) return;
   stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeGrpcMessage(message) }, { endStream: true });
 }
@@ -242,17 +264,7 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
       widened.add(session);
       session.setLocalWindowSize(SESSION_WINDOW);
     }
-    const contentType = String(headers['content-type'] ?? '');
-    if (headers[':method'] !== 'POST' || !contentType.startsWith('application/grpc')) {
-      stream.respond({ ':status': 415, 'content-type': 'text/plain' });
-      stream.end('this port speaks gRPC (application/grpc)\n');
-      return;
-    }
-    const path = String(headers[':path']);
-    const method = methods[path];
-    if (!method) return trailersOnly(stream, GrpcStatus.UNIMPLEMENTED, `unknown method ${path}`);
-    const encoding = headers['grpc-encoding'] === undefined ? undefined : String(headers['grpc-encoding']);
-    if (method.kind === 'bidi') {
+    startCall(stream, headers, methods, opts.maxMessageBytes, (method, encoding) => {
       const sinkId = headers[REPLY_SINK_HEADER];
       if (sinkId !== undefined) return serveReplySink(stream, String(sinkId), sinks);
       const viaId = headers[REPLY_VIA_HEADER];
@@ -263,8 +275,7 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
         sink.paired = true;
       }
       serveBidi(stream, method, opts.maxMessageBytes, encoding, sink);
-    }
-    else serveOneRequest(stream, method, opts.maxMessageBytes, encoding, deadlineOf(headers['grpc-timeout']));
+    });
   });
   return {
     server,
@@ -289,12 +300,50 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
   };
 }
 
+/**
+ * Checks a request's method and content type, finds its handler and starts the call. Bidirectional
+ * methods go to `bidi` (the node:http2 server's; our own transport serves none).
+ */
+function startCall(stream: GrpcServerStream, headers: RequestHeaders, methods: Record<string, MethodHandler>, maxBytes: number, bidi: (method: Extract<MethodHandler, { kind: 'bidi' }>, encoding: string | undefined) => void): void {
+  const contentType = String(headers['content-type'] ?? '');
+  if (headers[':method'] !== 'POST' || !contentType.startsWith('application/grpc')) {
+    stream.respond({ ':status': 415, 'content-type': 'text/plain' });
+    stream.end('this port speaks gRPC (application/grpc)\n');
+    return;
+  }
+  const path = String(headers[':path']);
+  const method = methods[path];
+  if (!method) return trailersOnly(stream, GrpcStatus.UNIMPLEMENTED, `unknown method ${path}`);
+  const encoding = headers['grpc-encoding'] === undefined ? undefined : String(headers['grpc-encoding']);
+  if (method.kind === 'bidi') return bidi(method, encoding);
+  serveOneRequest(stream, method, maxBytes, encoding, deadlineOf(headers['grpc-timeout']));
+}
+
+/**
+ * A gRPC server of unary and server-streaming methods on our own HTTP/2 transport (h2/server.ts):
+ * the front door. Same settings as createGrpcH2Server's (16 MiB stream windows, 1 MiB frames, a
+ * 64 MiB connection window for what clients send), same calls, same errors; bidirectional methods
+ * (the rank port's stage links) stay on createGrpcH2Server.
+ */
+export function createGrpcServer(methods: Record<string, MethodHandler>, opts: { maxMessageBytes: number }): GrpcH2Server {
+  for (const [path, m] of Object.entries(methods)) {
+    if (m.kind === 'bidi') throw new Error(`${path}: bidirectional methods are served by createGrpcH2Server, not by createGrpcServer`);
+  }
+  const noBidi = () => {
+    throw new Error('unreachable: createGrpcServer has no bidirectional methods');
+  };
+  return createH2Server(
+    { initialWindowSize: H2_SETTINGS.initialWindowSize!, maxFrameSize: H2_SETTINGS.maxFrameSize!, connectionWindowSize: SESSION_WINDOW, maxConcurrentStreams: 1000, maxHeaderListSize: 64 * 1024 },
+    (stream, headers) => startCall(stream, headers, methods, opts.maxMessageBytes, noBidi),
+  );
+}
+
 function codeOf(e: unknown): [number, string] {
   return e instanceof GrpcWireError ? [e.code, e.message] : [GrpcStatus.INTERNAL, (e as Error)?.message ?? String(e)];
 }
 
 /** Unary and server-streaming calls: one request message, then the handler. */
-function serveOneRequest(stream: http2.ServerHttp2Stream, method: Exclude<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined, deadline: number | undefined): void {
+function serveOneRequest(stream: GrpcServerStream, method: Exclude<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined, deadline: number | undefined): void {
   let request: Buffer | undefined;
   let count = 0;
   const reader = new MessageReader(maxBytes, (b) => {
@@ -348,7 +397,7 @@ function serveOneRequest(stream: http2.ServerHttp2Stream, method: Exclude<Method
   });
 }
 
-function streamReplies(stream: http2.ServerHttp2Stream, method: Extract<MethodHandler, { kind: 'serverStream' }>, request: unknown, ctx: CallContext, finish: () => void): void {
+function streamReplies(stream: GrpcServerStream, method: Extract<MethodHandler, { kind: 'serverStream' }>, request: unknown, ctx: CallContext, finish: () => void): void {
   const call = new EventEmitter() as ServerStreamCall<never, any>;
   stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-accept-encoding': ACCEPT_ENCODING }, { waitForTrailers: true });
   stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));

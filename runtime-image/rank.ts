@@ -10,7 +10,7 @@ import { RankMetrics } from './metrics.js';
 import { PEER_CHANNEL_OPTIONS, services } from './protos.js';
 import { positionOf, stageLeader, type PipelineSpec, type RankPosition } from './pipeline/spec.js';
 import { StageLink } from './pipeline/stage-link.js';
-import { createGrpcH2Server, type GrpcH2Server } from './grpc-h2.js';
+import { createGrpcH2Server, createGrpcServer, type GrpcH2Server } from './grpc-h2.js';
 import { StageNode } from './pipeline/stage-node.js';
 import { stageServiceImpl } from './pipeline/stage-service.js';
 import { createOrtStage, type OrtStageOptions, type StageExecutor } from './pipeline/stage-session.js';
@@ -181,7 +181,7 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
 
   if (isHead) {
     // Our own size check answers INVALID_ARGUMENT with the limit; the transport's hard cap sits above it.
-    frontDoor = createGrpcH2Server({ ...oipMethods(plane!, metrics), ...healthMethods(groupLifecycle) }, { maxMessageBytes: 4 * (plane!.limits.maxMessageBytes + 1024 * 1024) });
+    frontDoor = createGrpcServer({ ...oipMethods(plane!, metrics), ...healthMethods(groupLifecycle) }, { maxMessageBytes: 4 * (plane!.limits.maxMessageBytes + 1024 * 1024) });
     grpcPort = await listenGrpc(frontDoor, host, opts.grpcPort ?? config.serving.grpcPort);
 
     // Group readiness: own stage ready and every other rank says it is ready.
