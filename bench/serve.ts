@@ -26,7 +26,7 @@ import { sessionOptions } from '../runtime-image/pipeline/stage-session.js';
 import { freePort, freePortRange } from '../runtime-image/ports.js';
 import { NO_CHANNELZ, services } from '../runtime-image/protos.js';
 import { decodeStageMessage, frameStageReply } from '../runtime-image/pipeline/codec.js';
-import { createGrpcH2Server, frameMessage } from '../runtime-image/grpc-h2.js';
+import { createGrpcH2Server, createGrpcServer, frameMessage, type MethodHandler } from '../runtime-image/grpc-h2.js';
 import { FORWARD_PATH, StageLink } from '../runtime-image/pipeline/stage-link.js';
 import { cacheDir } from '../test/harness/cache.js';
 import { fixtureConfig, writeServeFixture } from '../test/integration/serve-fixture.js';
@@ -199,12 +199,14 @@ function runFloorServer(): void {
     },
     Status: (_call: ServerUnaryCall<any, any>, callback: sendUnaryData<any>) => callback(null, {}),
   });
-  // The same echoes on our own transport (gRPC straight on node:http2, grpc-h2.ts), which the rank
-  // port and the front door use.
+  // The same echoes on our transports: gRPC straight on node:http2 (grpc-h2.ts, the rank port), and
+  // the unary one also on our own HTTP/2 (h2/, the front door).
   const infer = (services().oip.service as any).ModelInfer;
+  const echoInfer: MethodHandler = { kind: 'unary', decode: (b) => infer.requestDeserialize(b), encodeFramed: (m) => frameMessage(infer.responseSerialize(m)), handle: (r: any) => (
+    { model_name: r.model_name, model_version: '1', id: r.id, outputs: r.inputs.map((t: any) => ({ name: t.name, datatype: t.datatype, shape: t.shape })), raw_output_contents: r.raw_input_contents }) };
+  const own = createGrpcServer({ [infer.path]: echoInfer }, { maxMessageBytes: 1 << 30 });
   const h2 = createGrpcH2Server({
-    [infer.path]: { kind: 'unary', decode: (b) => infer.requestDeserialize(b), encodeFramed: (m) => frameMessage(infer.responseSerialize(m)), handle: (r: any) => (
-      { model_name: r.model_name, model_version: '1', id: r.id, outputs: r.inputs.map((t: any) => ({ name: t.name, datatype: t.datatype, shape: t.shape })), raw_output_contents: r.raw_input_contents }) },
+    [infer.path]: echoInfer,
     [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: frameStageReply, open: (call) => {
       call.on('data', (m: any) => call.write({ id: m.id, outputs: m.request?.tensors ?? [], timings: [{ stage: 1, compute_us: '0' }] }));
       call.on('end', () => call.end());
@@ -219,7 +221,7 @@ function runFloorServer(): void {
   });
   server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, port) => {
     if (err) throw err;
-    void h2.listen('127.0.0.1', 0).then((h2Port) => tcp.listen(0, '127.0.0.1', () => process.stdout.write(`${port} ${h2Port} ${(tcp.address() as AddressInfo).port}\n`)));
+    void Promise.all([h2.listen('127.0.0.1', 0), own.listen('127.0.0.1', 0)]).then(([h2Port, ownPort]) => tcp.listen(0, '127.0.0.1', () => process.stdout.write(`${port} ${h2Port} ${(tcp.address() as AddressInfo).port} ${ownPort}\n`)));
   });
   // Lives as long as the benchmark that started it.
   process.stdin.on('close', () => process.exit(0));
@@ -229,7 +231,7 @@ function runFloorServer(): void {
 async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: number[], hopData: Float32Array) {
   const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--floor-server'], { stdio: ['pipe', 'pipe', 'inherit'] });
   try {
-    const [port, h2Port, tcpPort] = (await new Promise<string>((resolve, reject) => {
+    const [port, h2Port, tcpPort, ownPort] = (await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('floor server did not start within 60 s')), 60_000);
       child.stdout!.once('data', (d) => {
         clearTimeout(timer);
@@ -245,12 +247,16 @@ async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: num
     const unary4H2 = grpcInfer(`127.0.0.1:${h2Port}`, 'net', 'x', mlpShape, mlpData);
     const lean4 = leanInfer(address, 'net', 'x', mlpShape, mlpData);
     const lean4H2 = leanInfer(`127.0.0.1:${h2Port}`, 'net', 'x', mlpShape, mlpData);
-    await warmUp(unary4.once, unary4H2.once, linkEcho.once);
+    const unary4Own = grpcInfer(`127.0.0.1:${ownPort}`, 'net', 'x', mlpShape, mlpData);
+    const lean4Own = leanInfer(`127.0.0.1:${ownPort}`, 'net', 'x', mlpShape, mlpData);
+    await warmUp(unary4.once, unary4H2.once, unary4Own.once, lean4Own.once, linkEcho.once);
     const result = {
       unary_echo_model_input_c1: await loadMedian(unary4.once, N1, 1),
       unary_echo_model_input_grpc_h2_c1: await loadMedian(unary4H2.once, N1, 1),
       unary_echo_model_input_lean_client_c1: await loadMedian(lean4.once, N1, 1),
       unary_echo_model_input_grpc_h2_lean_client_c1: await loadMedian(lean4H2.once, N1, 1),
+      unary_echo_model_input_own_h2_c1: await loadMedian(unary4Own.once, N1, 1),
+      unary_echo_model_input_own_h2_lean_client_c1: await loadMedian(lean4Own.once, N1, 1),
       unary_echo_64KiB_c1: await loadMedian(unary64.once, N1, 1),
       stream_echo_64KiB_c1: await loadMedian(stream.once, N1, 1),
       stream_echo_64KiB_grpc_h2_c1: await loadMedian(linkEcho.once, N1, 1),
@@ -262,6 +268,8 @@ async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: num
     linkEcho.close();
     lean4.close();
     lean4H2.close();
+    lean4Own.close();
+    unary4Own.close();
     unary4H2.close();
     unary4.close();
     unary64.close();
@@ -804,8 +812,8 @@ async function main() {
       target_ratio: 1 / 3,
       ...frontDoors,
       unary_echo_floor_ms: {
-        grpc_js_client: { grpc_js_server: floor.unary_echo_model_input_c1.p50_ms, grpc_h2_server: floor.unary_echo_model_input_grpc_h2_c1.p50_ms },
-        lean_client: { grpc_js_server: floor.unary_echo_model_input_lean_client_c1.p50_ms, grpc_h2_server: floor.unary_echo_model_input_grpc_h2_lean_client_c1.p50_ms },
+        grpc_js_client: { grpc_js_server: floor.unary_echo_model_input_c1.p50_ms, grpc_h2_server: floor.unary_echo_model_input_grpc_h2_c1.p50_ms, own_h2_server: floor.unary_echo_model_input_own_h2_c1.p50_ms },
+        lean_client: { grpc_js_server: floor.unary_echo_model_input_lean_client_c1.p50_ms, grpc_h2_server: floor.unary_echo_model_input_grpc_h2_lean_client_c1.p50_ms, own_h2_server: floor.unary_echo_model_input_own_h2_lean_client_c1.p50_ms },
       },
     },
   };
