@@ -9,7 +9,7 @@ import * as http2 from 'node:http2';
 import type * as net from 'node:net';
 import { gunzipSync, inflateSync } from 'node:zlib';
 import { CancelSource, type CancelSignal } from './cancel.js';
-import { createH2Server } from './h2/server.js';
+import { createH2Server, H2Error } from './h2/server.js';
 
 /** gRPC status codes used here. */
 export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
@@ -41,7 +41,7 @@ export const REPLY_SINK_HEADER = 'shardserve-reply-sink';
 export const REPLY_VIA_HEADER = 'shardserve-reply-via';
 
 interface ReplySink {
-  stream: http2.ServerHttp2Stream;
+  stream: GrpcServerStream;
   paired: boolean;
   /** Called when the sink stream closes. */
   onGone?: () => void;
@@ -175,10 +175,15 @@ export interface GrpcServerStream {
   readonly destroyed: boolean;
   readonly headersSent: boolean;
   readonly writableEnded: boolean;
+  /** The RST_STREAM code the stream closed with (0 = NO_ERROR). */
+  readonly rstCode: number;
   respond(headers: Record<string, string | number>, opts?: { endStream?: boolean; waitForTrailers?: boolean }): void;
   write(chunk: Uint8Array): boolean;
   end(chunk?: Uint8Array | string): void;
   sendTrailers(headers: Record<string, string>): void;
+  /** Resets the stream with RST_STREAM `code`. */
+  close(code?: number): void;
+  resume(): unknown;
   on(event: 'data', listener: (chunk: Buffer) => void): this;
   on(event: 'end' | 'close', listener: () => void): this;
   once(event: 'wantTrailers', listener: () => void): this;
@@ -251,7 +256,7 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
     session.on('error', () => undefined);
   });
   const widened = new WeakSet<http2.Http2Session>();
-  const sinks = new Map<string, ReplySink>();
+  const bidi = bidiCalls(opts.maxMessageBytes);
   server.on('stream', (stream, headers) => {
     stream.on('error', () => undefined);
     // A 64 MiB connection window for what clients send (HTTP/2's default 64 KiB caps a stream
@@ -264,18 +269,7 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
       widened.add(session);
       session.setLocalWindowSize(SESSION_WINDOW);
     }
-    startCall(stream, headers, methods, opts.maxMessageBytes, (method, encoding) => {
-      const sinkId = headers[REPLY_SINK_HEADER];
-      if (sinkId !== undefined) return serveReplySink(stream, String(sinkId), sinks);
-      const viaId = headers[REPLY_VIA_HEADER];
-      let sink: ReplySink | undefined;
-      if (viaId !== undefined) {
-        sink = sinks.get(String(viaId));
-        if (!sink || sink.paired) return trailersOnly(stream, GrpcStatus.FAILED_PRECONDITION, `no unpaired reply stream '${String(viaId)}' is open on this server`);
-        sink.paired = true;
-      }
-      serveBidi(stream, method, opts.maxMessageBytes, encoding, sink);
-    });
+    startCall(stream, headers, methods, opts.maxMessageBytes, bidi(stream, headers));
   });
   return {
     server,
@@ -301,6 +295,26 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
 }
 
 /**
+ * Starts bidirectional calls: a reply sink (REPLY_SINK_HEADER), a call whose replies go to one
+ * (REPLY_VIA_HEADER), or a plain bidi call. One per server: the sinks are matched across its connections.
+ */
+function bidiCalls(maxBytes: number) {
+  const sinks = new Map<string, ReplySink>();
+  return (stream: GrpcServerStream, headers: RequestHeaders) => (method: Extract<MethodHandler, { kind: 'bidi' }>, encoding: string | undefined): void => {
+    const sinkId = headers[REPLY_SINK_HEADER];
+    if (sinkId !== undefined) return serveReplySink(stream, String(sinkId), sinks);
+    const viaId = headers[REPLY_VIA_HEADER];
+    let sink: ReplySink | undefined;
+    if (viaId !== undefined) {
+      sink = sinks.get(String(viaId));
+      if (!sink || sink.paired) return trailersOnly(stream, GrpcStatus.FAILED_PRECONDITION, `no unpaired reply stream '${String(viaId)}' is open on this server`);
+      sink.paired = true;
+    }
+    serveBidi(stream, method, maxBytes, encoding, sink);
+  };
+}
+
+/**
  * Checks a request's method and content type, finds its handler and starts the call. Bidirectional
  * methods go to `bidi` (the node:http2 server's; our own transport serves none).
  */
@@ -320,21 +334,15 @@ function startCall(stream: GrpcServerStream, headers: RequestHeaders, methods: R
 }
 
 /**
- * A gRPC server of unary and server-streaming methods on our own HTTP/2 transport (h2/server.ts):
- * the front door. Same settings as createGrpcH2Server's (16 MiB stream windows, 1 MiB frames, a
- * 64 MiB connection window for what clients send), same calls, same errors; bidirectional methods
- * (the rank port's stage links) stay on createGrpcH2Server.
+ * A gRPC server on our own HTTP/2 transport (h2/server.ts). Same settings as createGrpcH2Server's
+ * (16 MiB stream windows, 1 MiB frames, a 64 MiB connection window for what clients send), same
+ * calls (reply sinks included), same errors.
  */
 export function createGrpcServer(methods: Record<string, MethodHandler>, opts: { maxMessageBytes: number }): GrpcH2Server {
-  for (const [path, m] of Object.entries(methods)) {
-    if (m.kind === 'bidi') throw new Error(`${path}: bidirectional methods are served by createGrpcH2Server, not by createGrpcServer`);
-  }
-  const noBidi = () => {
-    throw new Error('unreachable: createGrpcServer has no bidirectional methods');
-  };
+  const bidi = bidiCalls(opts.maxMessageBytes);
   return createH2Server(
     { initialWindowSize: H2_SETTINGS.initialWindowSize!, maxFrameSize: H2_SETTINGS.maxFrameSize!, connectionWindowSize: SESSION_WINDOW, maxConcurrentStreams: 1000, maxHeaderListSize: 64 * 1024 },
-    (stream, headers) => startCall(stream, headers, methods, opts.maxMessageBytes, noBidi),
+    (stream, headers) => startCall(stream, headers, methods, opts.maxMessageBytes, bidi(stream, headers)),
   );
 }
 
@@ -411,7 +419,7 @@ function streamReplies(stream: GrpcServerStream, method: Extract<MethodHandler, 
 }
 
 /** A stream that only carries the replies of the call that names it (see REPLY_SINK_HEADER). */
-function serveReplySink(stream: http2.ServerHttp2Stream, id: string, sinks: Map<string, ReplySink>): void {
+function serveReplySink(stream: GrpcServerStream, id: string, sinks: Map<string, ReplySink>): void {
   if (sinks.has(id)) return trailersOnly(stream, GrpcStatus.ALREADY_EXISTS, `reply stream '${id}' is already open`);
   const sink: ReplySink = { stream, paired: false };
   sinks.set(id, sink);
@@ -424,7 +432,7 @@ function serveReplySink(stream: http2.ServerHttp2Stream, id: string, sinks: Map<
   });
 }
 
-function serveBidi(stream: http2.ServerHttp2Stream, method: Extract<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined, sink?: ReplySink): void {
+function serveBidi(stream: GrpcServerStream, method: Extract<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined, sink?: ReplySink): void {
   const call = new EventEmitter() as ServerStreamCall<any, any>;
   // Where replies go: this stream, or the reply stream the client opened for them.
   const out = sink?.stream ?? stream;
@@ -435,7 +443,7 @@ function serveBidi(stream: http2.ServerHttp2Stream, method: Extract<MethodHandle
   stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-accept-encoding': ACCEPT_ENCODING }, { waitForTrailers: true });
   stream.once('wantTrailers', () => {
     trailersSent = true;
-    const t: http2.OutgoingHttpHeaders = { 'grpc-status': String(status.code) };
+    const t: Record<string, string> = { 'grpc-status': String(status.code) };
     if (status.message) t['grpc-message'] = encodeGrpcMessage(status.message);
     stream.sendTrailers(t);
   });
@@ -470,16 +478,16 @@ function serveBidi(stream: http2.ServerHttp2Stream, method: Extract<MethodHandle
   stream.on('end', () => call.emit('end'));
   stream.on('close', () => {
     // Reset by the client (RST_STREAM), or closed before our trailers went out (the connection went away).
-    if (!cancelled && (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR || !trailersSent)) cancel();
+    if (!cancelled && (stream.rstCode !== H2Error.NO_ERROR || !trailersSent)) cancel();
     // The call is over without ending its reply stream (the client went away): drop that one too.
-    if (sink && !out.destroyed && !out.writableEnded) out.close(http2.constants.NGHTTP2_CANCEL);
+    if (sink && !out.destroyed && !out.writableEnded) out.close(H2Error.CANCEL);
   });
   if (sink) {
     // The reply stream went away (its connection broke): nobody can get the answers any more.
     sink.onGone = () => {
       if (stream.destroyed || trailersSent) return;
       cancel();
-      stream.close(http2.constants.NGHTTP2_CANCEL);
+      stream.close(H2Error.CANCEL);
     };
   }
   method.open(call);
