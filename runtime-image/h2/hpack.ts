@@ -27,6 +27,7 @@ const STATIC_TABLE: readonly (readonly [string, string])[] = [
 const HUFFMAN_LENGTHS =
   'ISXXXXXXXTZXXZXXXXXXXXZXXXXXXXXXBFFHIBDGFFDGDBBBAAABBBBBBBCDKBHFIBCCCCCCCCCCCCCCCCCCCCCCDCDIOIJBKABABABBBACCBBBABCBAABCCCCCKGJIXPRPPRRRSRSSSSSTSTTRSTSSSSQRSRSSTRQPRRSSQSRRTQRSSQQRQSRSSPRRRSRRSVVPORSRUVVVWWVTUOQVWWVWTQQVVXWWWPTPQRQQSRRUUTTVSVWVVWWWWWXWWWWWVZ';
 const EOS = 256;
+const EMPTY = new Uint8Array(0);
 
 /** The canonical decoding tables: per length, the first code, how many codes, and where they start in `symbols`. */
 const huffman = (() => {
@@ -102,77 +103,104 @@ export class HpackDecoder {
     this.limit = maxTableSize;
   }
 
+  /** Decodes one header block (the whole of a HEADERS frame and its CONTINUATIONs). */
   decode(block: Uint8Array): HeaderFields {
-    const fields: HeaderFields = {};
-    let listSize = 0;
-    let p = 0;
+    this.block = block;
+    this.p = 0;
+    this.fields = {};
+    this.listSize = 0;
     let fieldSeen = false;
-    const add = (name: string, value: string) => {
-      fieldSeen = true;
-      listSize += name.length + value.length + 32;
-      if (listSize > this.maxListSize) throw new HpackError(`header list over ${this.maxListSize} bytes`);
-      const prev = fields[name];
-      fields[name] = prev === undefined ? value : `${prev}, ${value}`;
-    };
-    const integer = (prefixBits: number): number => {
-      if (p >= block.length) throw new HpackError('truncated integer');
-      const mask = (1 << prefixBits) - 1;
-      let v = block[p++] & mask;
-      if (v < mask) return v;
-      let shift = 0;
-      for (;;) {
-        if (p >= block.length) throw new HpackError('truncated integer');
-        const b = block[p++];
-        v += (b & 0x7f) * 2 ** shift;
-        shift += 7;
-        if (v > 0x7fffffff) throw new HpackError('integer too large');
-        if ((b & 0x80) === 0) return v;
-      }
-    };
-    const string = (): string => {
-      if (p >= block.length) throw new HpackError('truncated string');
-      const huff = (block[p] & 0x80) !== 0;
-      const len = integer(7);
-      if (p + len > block.length) throw new HpackError('truncated string');
-      const bytes = block.subarray(p, p + len);
-      p += len;
-      return huff ? huffmanDecode(bytes) : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
-    };
-    const entry = (index: number): readonly [string, string] => {
-      if (index === 0) throw new HpackError('index 0');
-      if (index <= STATIC_TABLE.length) return STATIC_TABLE[index - 1];
-      const e = this.table[index - STATIC_TABLE.length - 1];
-      if (!e) throw new HpackError(`index ${index} is past the tables`);
-      return e;
-    };
-    while (p < block.length) {
-      const b = block[p];
+    while (this.p < block.length) {
+      const b = block[this.p];
       if (b & 0x80) {
         // Indexed field.
-        const [n, v] = entry(integer(7));
-        add(n, v);
+        const e = this.entry(this.integer(7));
+        this.add(e[0], e[1]);
       } else if (b & 0x40) {
         // Literal with incremental indexing.
-        const index = integer(6);
-        const name = index === 0 ? string() : entry(index)[0];
-        const value = string();
+        const index = this.integer(6);
+        const name = index === 0 ? this.string() : this.entry(index)[0];
+        const value = this.string();
         this.insert(name, value);
-        add(name, value);
+        this.add(name, value);
       } else if (b & 0x20) {
         // Dynamic table size update: only at the start of a block, at most what we allowed.
         if (fieldSeen) throw new HpackError('table size update after a field');
-        const size = integer(5);
+        const size = this.integer(5);
         if (size > this.maxTableSize) throw new HpackError(`table size ${size} over the ${this.maxTableSize} allowed`);
         this.limit = size;
         this.evict(0);
+        continue;
       } else {
         // Literal without indexing (0000) or never indexed (0001).
-        const index = integer(4);
-        const name = index === 0 ? string() : entry(index)[0];
-        add(name, string());
+        const index = this.integer(4);
+        const name = index === 0 ? this.string() : this.entry(index)[0];
+        this.add(name, this.string());
       }
+      fieldSeen = true;
     }
+    const fields = this.fields;
+    this.fields = {};
+    this.block = EMPTY;
     return fields;
+  }
+
+  // The block being decoded, the read position in it, and what it has given so far.
+  private block: Uint8Array = EMPTY;
+  private p = 0;
+  private fields: HeaderFields = {};
+  private listSize = 0;
+  /** Huffman-coded strings seen lately (peers re-send the ones they do not index, e.g. grpc-timeout). */
+  private readonly huffmanSeen = new Map<string, string>();
+
+  private add(name: string, value: string): void {
+    this.listSize += name.length + value.length + 32;
+    if (this.listSize > this.maxListSize) throw new HpackError(`header list over ${this.maxListSize} bytes`);
+    const prev = this.fields[name];
+    this.fields[name] = prev === undefined ? value : `${prev}, ${value}`;
+  }
+
+  private integer(prefixBits: number): number {
+    const block = this.block;
+    if (this.p >= block.length) throw new HpackError('truncated integer');
+    const mask = (1 << prefixBits) - 1;
+    let v = block[this.p++] & mask;
+    if (v < mask) return v;
+    let shift = 0;
+    for (;;) {
+      if (this.p >= block.length) throw new HpackError('truncated integer');
+      const b = block[this.p++];
+      v += (b & 0x7f) * 2 ** shift;
+      shift += 7;
+      if (v > 0x7fffffff) throw new HpackError('integer too large');
+      if ((b & 0x80) === 0) return v;
+    }
+  }
+
+  private string(): string {
+    const block = this.block;
+    if (this.p >= block.length) throw new HpackError('truncated string');
+    const huff = (block[this.p] & 0x80) !== 0;
+    const len = this.integer(7);
+    if (this.p + len > block.length) throw new HpackError('truncated string');
+    const raw = Buffer.from(block.buffer, block.byteOffset + this.p, len).toString('latin1');
+    this.p += len;
+    if (!huff) return raw;
+    let s = this.huffmanSeen.get(raw);
+    if (s === undefined) {
+      s = huffmanDecode(Buffer.from(raw, 'latin1'));
+      if (this.huffmanSeen.size >= 64) this.huffmanSeen.clear();
+      this.huffmanSeen.set(raw, s);
+    }
+    return s;
+  }
+
+  private entry(index: number): readonly [string, string] {
+    if (index === 0) throw new HpackError('index 0');
+    if (index <= STATIC_TABLE.length) return STATIC_TABLE[index - 1];
+    const e = this.table[index - STATIC_TABLE.length - 1];
+    if (!e) throw new HpackError(`index ${index} is past the tables`);
+    return e;
   }
 
   private insert(name: string, value: string): void {
@@ -218,6 +246,20 @@ STATIC_TABLE.forEach(([n], i) => {
  * raw strings); `:status 200` as its static entry. Names must be lower case; values latin1.
  */
 export function encodeHeaders(fields: readonly (readonly [string, string])[]): Buffer {
+  let key = '';
+  for (const [n, v] of fields) key += `${n}\0${v}\0`;
+  const known = encoded.get(key);
+  if (known) return known;
+  const block = encodeFields(fields);
+  // The same few header sets (a reply's headers, its trailers) come back on every call.
+  if (encoded.size >= 256) encoded.clear();
+  encoded.set(key, block);
+  return block;
+}
+
+const encoded = new Map<string, Buffer>();
+
+function encodeFields(fields: readonly (readonly [string, string])[]): Buffer {
   const out: number[] = [];
   for (const [name, value] of fields) {
     if (name === ':status' && value === '200') {
