@@ -66,6 +66,21 @@ describe('HpackDecoder', () => {
     expect(() => d.decode(Buffer.from([0x82, 0x20]))).toThrow('table size update after a field');
   });
 
+  it('decodes a repeated block anew once the table has changed (a block that indexes nothing is reused only while the table stays)', () => {
+    const d = new HpackDecoder();
+    const lit = (v: string) => Buffer.concat([Buffer.from([0x40, 1]), Buffer.from('k'), Buffer.from([v.length]), Buffer.from(v)]);
+    const again = Buffer.from([0x84, 0xbe]); // :path / and dynamic entry 62
+    d.decode(lit('v1'));
+    expect(d.decode(again)).toEqual({ ':path': '/', k: 'v1' });
+    const first = d.decode(again);
+    first.k = 'changed by the caller';
+    expect(d.decode(again)).toEqual({ ':path': '/', k: 'v1' });
+    d.decode(lit('v2'));
+    expect(d.decode(again)).toEqual({ ':path': '/', k: 'v2' });
+    d.decode(Buffer.from([0x20])); // table emptied
+    expect(() => d.decode(again)).toThrow('index 62 is past the tables');
+  });
+
   it('refuses truncated blocks, index 0 and header lists over the limit', () => {
     const d = new HpackDecoder(4096, 100);
     expect(() => d.decode(Buffer.from([0x7f]))).toThrow('truncated integer');

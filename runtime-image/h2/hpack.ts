@@ -105,6 +105,12 @@ export class HpackDecoder {
 
   /** Decodes one header block (the whole of a HEADERS frame and its CONTINUATIONs). */
   decode(block: Uint8Array): HeaderFields {
+    // A client sends the same block for every call of a method once its headers are in the table
+    // (nghttp2 re-sends :path as a literal each time): a block that changed no table decodes the same
+    // while the table stays as it is.
+    const last = this.last;
+    if (last && last.version === this.version && Buffer.from(block.buffer, block.byteOffset, block.byteLength).equals(last.block)) return { ...last.fields };
+    const version = this.version;
     this.block = block;
     this.p = 0;
     this.fields = {};
@@ -142,8 +148,13 @@ export class HpackDecoder {
     const fields = this.fields;
     this.fields = {};
     this.block = EMPTY;
+    this.last = this.version === version && block.length <= 1024 ? { block: Buffer.from(block), fields: { ...fields }, version } : undefined;
     return fields;
   }
+
+  /** Bumped whenever the dynamic table changes. */
+  private version = 0;
+  private last: { block: Buffer; fields: HeaderFields; version: number } | undefined;
 
   // The block being decoded, the read position in it, and what it has given so far.
   private block: Uint8Array = EMPTY;
@@ -204,6 +215,7 @@ export class HpackDecoder {
   }
 
   private insert(name: string, value: string): void {
+    this.version++;
     const size = name.length + value.length + 32;
     this.evict(size);
     if (size <= this.limit) {
@@ -214,6 +226,7 @@ export class HpackDecoder {
 
   /** Drops the oldest entries until `room` more bytes fit (all of them when it cannot). */
   private evict(room: number): void {
+    this.version++;
     while (this.table.length > 0 && this.tableSize + room > this.limit) {
       const [n, v] = this.table.pop()!;
       this.tableSize -= n.length + v.length + 32;
