@@ -360,9 +360,12 @@ function serveOneRequest(stream: GrpcServerStream, method: Exclude<MethodHandler
   }, encoding);
   const controller = new CancelSource();
   let finished = false;
-  const fail = (e: unknown) => {
-    finished = true;
-    trailersOnly(stream, ...codeOf(e));
+  // An object method, not a named arrow: tsx (esbuild keepNames) wraps every named closure, per call.
+  const call = {
+    fail(e: unknown) {
+      finished = true;
+      trailersOnly(stream, ...codeOf(e));
+    },
   };
   stream.on('close', () => {
     if (!finished) controller.abort();
@@ -372,17 +375,17 @@ function serveOneRequest(stream: GrpcServerStream, method: Exclude<MethodHandler
     try {
       reader.push(chunk);
     } catch (e) {
-      fail(e);
+      call.fail(e);
     }
   });
   stream.on('end', () => {
     if (finished) return;
-    if (count !== 1 || !request) return fail(new GrpcWireError(GrpcStatus.UNIMPLEMENTED, `this method takes one request message, got ${count}`));
+    if (count !== 1 || !request) return call.fail(new GrpcWireError(GrpcStatus.UNIMPLEMENTED, `this method takes one request message, got ${count}`));
     let decoded: unknown;
     try {
       decoded = method.decode(request);
     } catch (e) {
-      return fail(new GrpcWireError(GrpcStatus.INTERNAL, `request does not decode: ${(e as Error).message}`));
+      return call.fail(new GrpcWireError(GrpcStatus.INTERNAL, `request does not decode: ${(e as Error).message}`));
     }
     const ctx: CallContext = { deadline, signal: controller.signal };
     if (method.kind === 'serverStream') return streamReplies(stream, method, decoded, ctx, () => (finished = true));
@@ -390,7 +393,7 @@ function serveOneRequest(stream: GrpcServerStream, method: Exclude<MethodHandler
     try {
       answer = Promise.resolve(method.handle(decoded, ctx));
     } catch (e) {
-      return fail(e);
+      return call.fail(e);
     }
     answer.then((value) => {
       if (stream.destroyed || finished) return;
@@ -400,7 +403,7 @@ function serveOneRequest(stream: GrpcServerStream, method: Exclude<MethodHandler
       stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
       writeFramed(stream, reply, true);
     }).catch((e) => {
-      if (!stream.destroyed && !finished) fail(e);
+      if (!stream.destroyed && !finished) call.fail(e);
     });
   });
 }
