@@ -6,7 +6,7 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { type CallContext, createGrpcServer, framed, frameMessage, type GrpcH2Server } from '../grpc-h2.js';
 import { encodeHeaders, HpackDecoder } from './hpack.js';
-import { H2Error } from './server.js';
+import { createH2Server, H2Error } from './server.js';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
@@ -195,5 +195,31 @@ describe('our HTTP/2 server, frame by frame', () => {
     await c.closed();
     await closing;
     server = undefined;
+  });
+
+  it("tells a writer held back by the peer's window when its bytes are out ('drain')", async () => {
+    const events: string[] = [];
+    const h2 = createH2Server({ initialWindowSize: 1 << 20, maxFrameSize: 1 << 20, connectionWindowSize: 1 << 20, maxConcurrentStreams: 10, maxHeaderListSize: 1 << 16 }, (stream) => {
+      stream.on('end', () => {
+        stream.respond({ ':status': 200 });
+        // 200 KiB against the client's 64 KiB stream window: held until it reads and updates.
+        events.push(`write ${stream.write(Buffer.alloc(200 << 10, 1))}`);
+        stream.on('drain', () => {
+          events.push('drain');
+          stream.end();
+        });
+      });
+    });
+    const port = await h2.listen('127.0.0.1', 0);
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    const call = session.request({ ':method': 'POST', ':path': '/x' });
+    let bytes = 0;
+    call.on('data', (d: Buffer) => (bytes += d.length));
+    call.end();
+    await new Promise((r) => call.on('close', r));
+    expect(events).toEqual(['write false', 'drain']);
+    expect(bytes).toBe(200 << 10);
+    session.close();
+    await h2.close(100);
   });
 });

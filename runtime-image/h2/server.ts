@@ -507,6 +507,11 @@ export class H2Connection {
         return;
       }
     }
+    // A writer told to wait because of the peer's window hears 'drain' once its bytes are out (the socket's own 'drain' covers the rest).
+    if (st.wantsDrain && !this.socketBlocked && !st.writableEnded) {
+      st.wantsDrain = false;
+      process.nextTick(() => st.emit('drain'));
+    }
     if (!st.writableEnded || st.localEnded) return;
     if (st.waitForTrailers) {
       if (!st.trailersAsked) {
