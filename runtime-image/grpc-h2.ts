@@ -271,7 +271,7 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
       widened.add(session);
       session.setLocalWindowSize(SESSION_WINDOW);
     }
-    startCall(stream, headers, methods, opts.maxMessageBytes, bidi(stream, headers));
+    startCall(stream, headers, methods, opts.maxMessageBytes, bidi);
   });
   return {
     server,
@@ -302,7 +302,7 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
  */
 function bidiCalls(maxBytes: number) {
   const sinks = new Map<string, ReplySink>();
-  return (stream: GrpcServerStream, headers: RequestHeaders) => (method: Extract<MethodHandler, { kind: 'bidi' }>, encoding: string | undefined): void => {
+  return (stream: GrpcServerStream, headers: RequestHeaders, method: Extract<MethodHandler, { kind: 'bidi' }>, encoding: string | undefined): void => {
     const sinkId = headers[REPLY_SINK_HEADER];
     if (sinkId !== undefined) return serveReplySink(stream, String(sinkId), sinks);
     const viaId = headers[REPLY_VIA_HEADER];
@@ -316,11 +316,8 @@ function bidiCalls(maxBytes: number) {
   };
 }
 
-/**
- * Checks a request's method and content type, finds its handler and starts the call. Bidirectional
- * methods go to `bidi` (the node:http2 server's; our own transport serves none).
- */
-function startCall(stream: GrpcServerStream, headers: RequestHeaders, methods: Record<string, MethodHandler>, maxBytes: number, bidi: (method: Extract<MethodHandler, { kind: 'bidi' }>, encoding: string | undefined) => void): void {
+/** Checks a request's method and content type, finds its handler and starts the call (bidirectional ones through the server's `bidi`). */
+function startCall(stream: GrpcServerStream, headers: RequestHeaders, methods: Record<string, MethodHandler>, maxBytes: number, bidi: ReturnType<typeof bidiCalls>): void {
   const contentType = String(headers['content-type'] ?? '');
   if (headers[':method'] !== 'POST' || !contentType.startsWith('application/grpc')) {
     stream.respond({ ':status': 415, 'content-type': 'text/plain' });
@@ -331,7 +328,7 @@ function startCall(stream: GrpcServerStream, headers: RequestHeaders, methods: R
   const method = methods[path];
   if (!method) return trailersOnly(stream, GrpcStatus.UNIMPLEMENTED, `unknown method ${path}`);
   const encoding = headers['grpc-encoding'] === undefined ? undefined : String(headers['grpc-encoding']);
-  if (method.kind === 'bidi') return bidi(method, encoding);
+  if (method.kind === 'bidi') return bidi(stream, headers, method, encoding);
   serveOneRequest(stream, method, maxBytes, encoding, deadlineOf(headers['grpc-timeout']));
 }
 
@@ -344,7 +341,7 @@ export function createGrpcServer(methods: Record<string, MethodHandler>, opts: {
   const bidi = bidiCalls(opts.maxMessageBytes);
   return createH2Server(
     { initialWindowSize: H2_SETTINGS.initialWindowSize!, maxFrameSize: H2_SETTINGS.maxFrameSize!, connectionWindowSize: SESSION_WINDOW, maxConcurrentStreams: 1000, maxHeaderListSize: 64 * 1024 },
-    (stream, headers) => startCall(stream, headers, methods, opts.maxMessageBytes, bidi(stream, headers)),
+    (stream, headers) => startCall(stream, headers, methods, opts.maxMessageBytes, bidi),
   );
 }
 
