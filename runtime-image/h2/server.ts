@@ -410,7 +410,8 @@ export class H2Connection {
       this.maybeClosed(existing);
       return;
     }
-    if (id <= this.lastStreamId) throw new ProtocolError(H2Error.PROTOCOL_ERROR, `HEADERS on closed stream ${id}`);
+    // A stream we already closed (answered, reset, refused): headers still in flight from the client are dropped (RFC 9113 5.1).
+    if (id <= this.lastStreamId) return;
     this.lastStreamId = id;
     if (this.goawayAt !== undefined || this.streams.size >= this.settings.maxConcurrentStreams) {
       this.queueFrame(RST_STREAM, 0, id, u32(H2Error.REFUSED_STREAM));
