@@ -11,7 +11,8 @@ import * as http2 from 'node:http2';
 import type * as net from 'node:net';
 import { gunzipSync, inflateSync } from 'node:zlib';
 import { CancelSource, type CancelSignal } from './cancel.js';
-import { createH2Server, H2Error } from './h2/server.js';
+import { ChunkQueue } from './h2/chunks.js';
+import { closeWithGrace, createH2Server, H2Error, listenOn } from './h2/server.js';
 
 /** gRPC status codes used here. */
 export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
@@ -98,27 +99,25 @@ export function writeFramed(stream: { write(chunk: Uint8Array): boolean; end(chu
  * compressed message without a known encoding, or one that does not inflate throw a GrpcWireError.
  */
 export class MessageReader {
-  private chunks: Buffer[] = [];
-  private have = 0;
+  private readonly input = new ChunkQueue();
   private need = -1;
   private compressed = false;
 
   constructor(private readonly maxBytes: number, private readonly onMessage: (body: Buffer) => void, private readonly encoding?: string) {}
 
   push(chunk: Buffer): void {
-    this.chunks.push(chunk);
-    this.have += chunk.length;
+    this.input.push(chunk);
     for (;;) {
       if (this.need < 0) {
-        if (this.have < 5) return;
-        const head = this.take(5);
+        if (this.input.length < 5) return;
+        const head = this.input.take(5);
         this.compressed = head[0] === 1;
         if (head[0] > 1) throw new GrpcWireError(GrpcStatus.INTERNAL, `message flag ${head[0]} is neither 0 nor 1`);
         this.need = head.readUInt32BE(1);
         if (this.need > this.maxBytes) throw new GrpcWireError(GrpcStatus.RESOURCE_EXHAUSTED, `message of ${this.need} bytes is over the limit of ${this.maxBytes}`);
       }
-      if (this.have < this.need) return;
-      const body = this.take(this.need);
+      if (this.input.length < this.need) return;
+      const body = this.input.take(this.need);
       this.need = -1;
       this.onMessage(this.compressed ? this.inflate(body) : body);
     }
@@ -137,27 +136,6 @@ export class MessageReader {
       if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw new GrpcWireError(GrpcStatus.RESOURCE_EXHAUSTED, `message inflates to over the limit of ${this.maxBytes} bytes`);
       throw new GrpcWireError(GrpcStatus.INTERNAL, `message does not inflate with ${encoding}: ${(e as Error).message}`);
     }
-  }
-
-  private take(n: number): Buffer {
-    this.have -= n;
-    const first = this.chunks[0];
-    if (first && first.length >= n) {
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-      return first.subarray(0, n);
-    }
-    const out = Buffer.allocUnsafe(n);
-    let at = 0;
-    while (at < n) {
-      const c = this.chunks[0];
-      const k = Math.min(c.length, n - at);
-      out.set(k === c.length ? c : c.subarray(0, k), at);
-      at += k;
-      if (k === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(k);
-    }
-    return out;
   }
 }
 
@@ -275,24 +253,8 @@ export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts:
   });
   return {
     server,
-    listen: (host, port) => new Promise((resolve, reject) => {
-      const onError = (e: Error) => reject(e);
-      server.once('error', onError);
-      server.listen(port, host, () => {
-        server.off('error', onError);
-        const a = server.address();
-        resolve(typeof a === 'object' && a ? a.port : port);
-      });
-    }),
-    close: async (graceMs = 1_000) => {
-      const closed = new Promise<void>((r) => server.close(() => r()));
-      for (const s of sessions) s.close();
-      const timer = setTimeout(() => {
-        for (const s of sessions) s.destroy();
-      }, graceMs);
-      await closed;
-      clearTimeout(timer);
-    },
+    listen: (host, port) => listenOn(server, host, port),
+    close: (graceMs = 1_000) => closeWithGrace(server, graceMs, () => sessions.forEach((s) => s.close()), () => sessions.forEach((s) => s.destroy())),
   };
 }
 

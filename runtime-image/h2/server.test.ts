@@ -70,6 +70,20 @@ const echoMethods = (slow?: (ctx: CallContext) => Promise<unknown>) => ({
   '/t.E/Slow': { kind: 'unary' as const, decode: (b: Buffer) => b, encodeFramed: framed, handle: (_m: Buffer, ctx: CallContext) => slow?.(ctx) ?? Buffer.from('late') },
 });
 
+/** A Slow handler that answers 'late' once released; `inHandler` resolves when a call has reached it. */
+function heldCall() {
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  let entered!: () => void;
+  const inHandler = new Promise<void>((r) => (entered = r));
+  const slow = async () => {
+    entered();
+    await held;
+    return Buffer.from('late');
+  };
+  return { slow, inHandler, release };
+}
+
 describe('our HTTP/2 server, frame by frame', () => {
   let server: GrpcH2Server | undefined;
   afterEach(async () => {
@@ -143,16 +157,9 @@ describe('our HTTP/2 server, frame by frame', () => {
     session.close();
   });
 
-  it('closes gracefully: GOAWAY, the call in flight answers, a new one is refused', async () => {
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
-    let entered!: () => void;
-    const inHandler = new Promise<void>((r) => (entered = r));
-    const port = await start(async () => {
-      entered();
-      await held;
-      return Buffer.from('late');
-    });
+  it('closes gracefully under a node:http2 client: GOAWAY, then the call in flight still answers', async () => {
+    const { slow, inHandler, release } = heldCall();
+    const port = await start(slow);
     const session = http2.connect(`http://127.0.0.1:${port}`);
     const goaway = new Promise((r) => session.once('goaway', r));
     const call = session.request({ ':method': 'POST', ':path': '/t.E/Slow', 'content-type': 'application/grpc' });
@@ -171,15 +178,8 @@ describe('our HTTP/2 server, frame by frame', () => {
   });
 
   it('refuses a stream opened after its GOAWAY (REFUSED_STREAM) and closes once the call in flight is answered', async () => {
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
-    let entered!: () => void;
-    const inHandler = new Promise<void>((r) => (entered = r));
-    const c = await rawClient(await start(async () => {
-      entered();
-      await held;
-      return Buffer.from('late');
-    }));
+    const { slow, inHandler, release } = heldCall();
+    const c = await rawClient(await start(slow));
     const request = (path: string) => encodeHeaders([[':method', 'POST'], [':scheme', 'http'], [':path', path], ['content-type', 'application/grpc']]);
     c.send(Buffer.concat([PREFACE, frame(4, 0, 0), frame(1, 0x4, 1, request('/t.E/Slow')), frame(0, 0x1, 1, frameMessage(Buffer.from('x')))]));
     await inHandler;

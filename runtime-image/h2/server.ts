@@ -8,6 +8,7 @@
 // Server push and priorities are not used (priority signals are read and ignored).
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
+import { ChunkQueue } from './chunks.js';
 import { encodeHeaders, HpackDecoder, HpackError, type HeaderFields } from './hpack.js';
 
 /** HTTP/2 error codes (RFC 9113 section 7). */
@@ -32,7 +33,6 @@ const PRIORITY_FLAG = 0x20;
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 const DEFAULT_WINDOW = 65_535;
-const EMPTY = Buffer.alloc(0);
 const MAX_WINDOW = 2 ** 31 - 1;
 /** Replies up to this size are joined into one buffer before the write; larger ones go out as a writev. */
 const JOIN_BELOW = 64 * 1024;
@@ -161,8 +161,7 @@ function headerList(headers: OutgoingHeaders): [string, string][] {
 export class H2Connection {
   readonly streams = new Map<number, H2Stream>();
   private readonly decoder: HpackDecoder;
-  private chunks: Buffer[] = [];
-  private have = 0;
+  private readonly input = new ChunkQueue();
   private prefaceSeen = false;
   private lastStreamId = 0;
   /** Highest stream id accepted when we sent GOAWAY; undefined before. */
@@ -220,28 +219,27 @@ export class H2Connection {
 
   private onData(chunk: Buffer): void {
     if (this.closed) return;
-    this.chunks.push(chunk);
-    this.have += chunk.length;
+    this.input.push(chunk);
     try {
       if (!this.prefaceSeen) {
-        if (this.have < PREFACE.length) return;
-        if (!this.take(PREFACE.length).equals(PREFACE)) {
+        if (this.input.length < PREFACE.length) return;
+        if (!this.input.take(PREFACE.length).equals(PREFACE)) {
           this.socket.destroy();
           this.closed = true;
           return;
         }
         this.prefaceSeen = true;
       }
-      while (this.have >= 9 && !this.closed) {
-        const head = this.peek9();
+      while (this.input.length >= 9 && !this.closed) {
+        const head = this.input.peek(9);
         const length = (head[0] << 16) | (head[1] << 8) | head[2];
         if (length > this.settings.maxFrameSize) throw new ProtocolError(H2Error.FRAME_SIZE_ERROR, `frame of ${length} bytes is over SETTINGS_MAX_FRAME_SIZE ${this.settings.maxFrameSize}`);
-        if (this.have < 9 + length) break;
+        if (this.input.length < 9 + length) break;
         const type = head[3];
         const flags = head[4];
         const stream = head.readUInt32BE(5) & 0x7fffffff;
-        this.take(9);
-        const payload = this.take(length);
+        this.input.take(9);
+        const payload = this.input.take(length);
         this.onFrame(type, flags, stream, payload);
       }
     } catch (e) {
@@ -250,43 +248,6 @@ export class H2Connection {
       else this.fail(H2Error.INTERNAL_ERROR, (e as Error).message);
     }
     this.scheduleFlush();
-  }
-
-  private peek9(): Buffer {
-    const first = this.chunks[0];
-    if (first.length >= 9) return first;
-    const b = Buffer.allocUnsafe(9);
-    let at = 0;
-    for (const c of this.chunks) {
-      const n = Math.min(c.length, 9 - at);
-      c.copy(b, at, 0, n);
-      at += n;
-      if (at === 9) break;
-    }
-    return b;
-  }
-
-  /** The next `n` input bytes: a view of the first chunk when it holds them, else one copy. */
-  private take(n: number): Buffer {
-    if (n === 0) return EMPTY;
-    this.have -= n;
-    const first = this.chunks[0];
-    if (first.length >= n) {
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-      return first.subarray(0, n);
-    }
-    const out = Buffer.allocUnsafe(n);
-    let at = 0;
-    while (at < n) {
-      const c = this.chunks[0];
-      const k = Math.min(c.length, n - at);
-      c.copy(out, at, 0, k);
-      at += k;
-      if (k === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(k);
-    }
-    return out;
   }
 
   private onFrame(type: number, flags: number, id: number, p: Buffer): void {
@@ -654,24 +615,35 @@ export function createH2Server(settings: H2ServerSettings, onStream: (stream: H2
   });
   return {
     server,
-    listen: (host, port) => new Promise((resolve, reject) => {
-      const onError = (e: Error) => reject(e);
-      server.once('error', onError);
-      server.listen(port, host, () => {
-        server.off('error', onError);
-        const a = server.address();
-        resolve(typeof a === 'object' && a ? a.port : port);
-      });
-    }),
-    close: async (graceMs = 1_000) => {
+    listen: (host, port) => listenOn(server, host, port),
+    close: (graceMs = 1_000) => {
       closing = true;
-      const closed = new Promise<void>((r) => server.close(() => r()));
-      for (const c of connections) c.goaway();
-      const timer = setTimeout(() => {
-        for (const c of connections) c.destroy();
-      }, graceMs);
-      await closed;
-      clearTimeout(timer);
+      return closeWithGrace(server, graceMs, () => connections.forEach((c) => c.goaway()), () => connections.forEach((c) => c.destroy()));
     },
   };
+}
+
+/** `server.listen(port, host)`; resolves with the bound port, rejects when listening fails. */
+export function listenOn(server: net.Server, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const onError = (e: Error) => reject(e);
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.off('error', onError);
+      const a = server.address();
+      resolve(typeof a === 'object' && a ? a.port : port);
+    });
+  });
+}
+
+/**
+ * Stops accepting, asks every connection to go (`goaway`: the calls in flight finish), and drops
+ * what is left after `graceMs` (`destroy`); resolves once the server has closed.
+ */
+export async function closeWithGrace(server: net.Server, graceMs: number, goaway: () => void, destroy: () => void): Promise<void> {
+  const closed = new Promise<void>((r) => server.close(() => r()));
+  goaway();
+  const timer = setTimeout(destroy, graceMs);
+  await closed;
+  clearTimeout(timer);
 }
