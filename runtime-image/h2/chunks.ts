@@ -14,12 +14,13 @@ export class ChunkQueue {
 
   /** The next `n` bytes (at most `length`), removed from the queue. */
   take(n: number): Buffer {
+    if (n === 0) return EMPTY;
     this.length -= n;
     const first = this.chunks[0];
-    if (n === 0 || first.length >= n) {
-      if (first?.length === n) this.chunks.shift();
-      else if (n > 0) this.chunks[0] = first.subarray(n);
-      return n === 0 ? EMPTY : first.subarray(0, n);
+    if (first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
     }
     const out = Buffer.allocUnsafe(n);
     let at = 0;

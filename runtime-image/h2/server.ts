@@ -132,10 +132,6 @@ export class H2Stream extends EventEmitter {
   resume(): this {
     return this;
   }
-
-  setTimeout(): this {
-    return this;
-  }
 }
 
 function frameHeader(length: number, type: number, flags: number, stream: number): Buffer {
