@@ -26,7 +26,7 @@ import { sessionOptions } from '../runtime-image/pipeline/stage-session.js';
 import { freePort, freePortRange } from '../runtime-image/ports.js';
 import { NO_CHANNELZ, services } from '../runtime-image/protos.js';
 import { decodeStageMessage, frameStageReply } from '../runtime-image/pipeline/codec.js';
-import { createGrpcH2Server, createGrpcServer, frameMessage, type MethodHandler } from '../runtime-image/grpc-h2.js';
+import { createGrpcServer, frameMessage, type MethodHandler } from '../runtime-image/grpc-h2.js';
 import { FORWARD_PATH, StageLink } from '../runtime-image/pipeline/stage-link.js';
 import { cacheDir } from '../test/harness/cache.js';
 import { fixtureConfig, writeServeFixture } from '../test/integration/serve-fixture.js';
@@ -199,13 +199,11 @@ function runFloorServer(): void {
     },
     Status: (_call: ServerUnaryCall<any, any>, callback: sendUnaryData<any>) => callback(null, {}),
   });
-  // The same echoes on our transports: gRPC straight on node:http2 (grpc-h2.ts, the rank port), and
-  // the unary one also on our own HTTP/2 (h2/, the front door).
+  // The same echoes on our own transport (grpc-h2.ts on h2/), which the front door and the rank port use.
   const infer = (services().oip.service as any).ModelInfer;
   const echoInfer: MethodHandler = { kind: 'unary', decode: (b) => infer.requestDeserialize(b), encodeFramed: (m) => frameMessage(infer.responseSerialize(m)), handle: (r: any) => (
     { model_name: r.model_name, model_version: '1', id: r.id, outputs: r.inputs.map((t: any) => ({ name: t.name, datatype: t.datatype, shape: t.shape })), raw_output_contents: r.raw_input_contents }) };
-  const own = createGrpcServer({ [infer.path]: echoInfer }, { maxMessageBytes: 1 << 30 });
-  const h2 = createGrpcH2Server({
+  const own = createGrpcServer({
     [infer.path]: echoInfer,
     [FORWARD_PATH]: { kind: 'bidi', decode: decodeStageMessage, encodeFramed: frameStageReply, open: (call) => {
       call.on('data', (m: any) => call.write({ id: m.id, outputs: m.request?.tensors ?? [], timings: [{ stage: 1, compute_us: '0' }] }));
@@ -221,7 +219,7 @@ function runFloorServer(): void {
   });
   server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, port) => {
     if (err) throw err;
-    void Promise.all([h2.listen('127.0.0.1', 0), own.listen('127.0.0.1', 0)]).then(([h2Port, ownPort]) => tcp.listen(0, '127.0.0.1', () => process.stdout.write(`${port} ${h2Port} ${(tcp.address() as AddressInfo).port} ${ownPort}\n`)));
+    void own.listen('127.0.0.1', 0).then((ownPort) => tcp.listen(0, '127.0.0.1', () => process.stdout.write(`${port} ${(tcp.address() as AddressInfo).port} ${ownPort}\n`)));
   });
   // Lives as long as the benchmark that started it.
   process.stdin.on('close', () => process.exit(0));
@@ -231,7 +229,7 @@ function runFloorServer(): void {
 async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: number[], hopData: Float32Array) {
   const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--floor-server'], { stdio: ['pipe', 'pipe', 'inherit'] });
   try {
-    const [port, h2Port, tcpPort, ownPort] = (await new Promise<string>((resolve, reject) => {
+    const [port, tcpPort, ownPort] = (await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('floor server did not start within 60 s')), 60_000);
       child.stdout!.once('data', (d) => {
         clearTimeout(timer);
@@ -243,34 +241,28 @@ async function floorRun(mlpShape: number[], mlpData: Float32Array, hopShape: num
     const unary4 = grpcInfer(address, 'net', 'x', mlpShape, mlpData);
     const unary64 = grpcInfer(address, 'net', 'x', hopShape, hopData);
     const stream = streamEcho(address, hopShape, hopData);
-    const linkEcho = await stageLinkEcho(`127.0.0.1:${h2Port}`, hopShape, hopData);
-    const unary4H2 = grpcInfer(`127.0.0.1:${h2Port}`, 'net', 'x', mlpShape, mlpData);
+    const linkEcho = await stageLinkEcho(`127.0.0.1:${ownPort}`, hopShape, hopData);
     const lean4 = leanInfer(address, 'net', 'x', mlpShape, mlpData);
-    const lean4H2 = leanInfer(`127.0.0.1:${h2Port}`, 'net', 'x', mlpShape, mlpData);
     const unary4Own = grpcInfer(`127.0.0.1:${ownPort}`, 'net', 'x', mlpShape, mlpData);
     const lean4Own = leanInfer(`127.0.0.1:${ownPort}`, 'net', 'x', mlpShape, mlpData);
-    await warmUp(unary4.once, unary4H2.once, unary4Own.once, lean4Own.once, linkEcho.once);
+    await warmUp(unary4.once, unary4Own.once, lean4Own.once, linkEcho.once);
     const result = {
       unary_echo_model_input_c1: await loadMedian(unary4.once, N1, 1),
-      unary_echo_model_input_grpc_h2_c1: await loadMedian(unary4H2.once, N1, 1),
       unary_echo_model_input_lean_client_c1: await loadMedian(lean4.once, N1, 1),
-      unary_echo_model_input_grpc_h2_lean_client_c1: await loadMedian(lean4H2.once, N1, 1),
       unary_echo_model_input_own_h2_c1: await loadMedian(unary4Own.once, N1, 1),
       unary_echo_model_input_own_h2_lean_client_c1: await loadMedian(lean4Own.once, N1, 1),
       unary_echo_64KiB_c1: await loadMedian(unary64.once, N1, 1),
       stream_echo_64KiB_c1: await loadMedian(stream.once, N1, 1),
-      stream_echo_64KiB_grpc_h2_c1: await loadMedian(linkEcho.once, N1, 1),
-      stream_echo_64KiB_grpc_h2_after_5ms_idle_c1: await afterIdle(linkEcho.once, 5, N1),
+      stream_echo_64KiB_own_h2_c1: await loadMedian(linkEcho.once, N1, 1),
+      stream_echo_64KiB_own_h2_after_5ms_idle_c1: await afterIdle(linkEcho.once, 5, N1),
       tcp_echo_64KiB_c1: await loadMedian(tcp.once, N1, 1),
       tcp_echo_64KiB_after_5ms_idle_c1: await afterIdle(tcp.once, 5, N1),
     };
     tcp.close();
     linkEcho.close();
     lean4.close();
-    lean4H2.close();
     lean4Own.close();
     unary4Own.close();
-    unary4H2.close();
     unary4.close();
     unary64.close();
     stream.close();
@@ -796,12 +788,12 @@ async function main() {
     },
     floor: {
       ...floor,
-      method: 'the same Node gRPC client against a bare grpc-js server (own process, same .proto and codecs, no model) that echoes the request: what the client, HTTP/2 and the OS cost without any server work; the *_grpc_h2 floors are the same echoes on our own transport (grpc-h2.ts), which the front door and the rank port use: the same grpc-js client for ModelInfer, a StageLink on the client end of the stage stream; *_after_5ms_idle: each echo follows 5 ms of idle time, as each rank of a pipeline at concurrency 1 sits idle between its turns; tcp_echo_*: a plain TCP socket in the floor server\'s process that sends back every byte it gets (no HTTP/2, no gRPC, no framing), the same 64 KiB each way: what a round trip between two processes costs here before any protocol',
+      method: 'the same Node gRPC client against a bare grpc-js server (own process, same .proto and codecs, no model) that echoes the request: what the client, HTTP/2 and the OS cost without any server work; the *_own_h2 floors are the same echoes on our own transport (grpc-h2.ts on h2/), which the front door and the rank port use: the same grpc-js client for ModelInfer, a StageLink on the client end of the stage stream; *_after_5ms_idle: each echo follows 5 ms of idle time, as each rank of a pipeline at concurrency 1 sits idle between its turns; tcp_echo_*: a plain TCP socket in the floor server\'s process that sends back every byte it gets (no HTTP/2, no gRPC, no framing), the same 64 KiB each way: what a round trip between two processes costs here before any protocol',
       front_door_overhead_over_unary_echo_ms: r3(oursOverhead - floor.unary_echo_model_input_c1.p50_ms),
       stage_hop_p50_ms_per_hop_over_stream_echo_ms: r3(perHop4 - floor.stream_echo_64KiB_c1.p50_ms),
       hop_ratio_to_stream_echo: r3(perHop4 / floor.stream_echo_64KiB_c1.p50_ms),
-      stage_hop_p50_ms_per_hop_over_grpc_h2_stream_echo_ms: r3(perHop4 - floor.stream_echo_64KiB_grpc_h2_c1.p50_ms),
-      front_door_overhead_over_grpc_h2_unary_echo_ms: r3(oursOverhead - floor.unary_echo_model_input_grpc_h2_c1.p50_ms),
+      stage_hop_p50_ms_per_hop_over_own_h2_stream_echo_ms: r3(perHop4 - floor.stream_echo_64KiB_own_h2_c1.p50_ms),
+      front_door_overhead_over_own_h2_unary_echo_ms: r3(oursOverhead - floor.unary_echo_model_input_own_h2_c1.p50_ms),
       front_door_ratio_to_unary_echo: r3(oursOverhead / floor.unary_echo_model_input_c1.p50_ms),
       // A hop from 2 stages is one 64 KiB round trip between two processes, each end idle in between.
       stage_hop_from_2_stages_lean_client_minus_tcp_echo_after_5ms_idle_ms: r3(hops.lean_client.added_p50_ms_per_hop_from_2_stages - floor.tcp_echo_64KiB_after_5ms_idle_c1.p50_ms),
@@ -812,8 +804,8 @@ async function main() {
       target_ratio: 1 / 3,
       ...frontDoors,
       unary_echo_floor_ms: {
-        grpc_js_client: { grpc_js_server: floor.unary_echo_model_input_c1.p50_ms, grpc_h2_server: floor.unary_echo_model_input_grpc_h2_c1.p50_ms, own_h2_server: floor.unary_echo_model_input_own_h2_c1.p50_ms },
-        lean_client: { grpc_js_server: floor.unary_echo_model_input_lean_client_c1.p50_ms, grpc_h2_server: floor.unary_echo_model_input_grpc_h2_lean_client_c1.p50_ms, own_h2_server: floor.unary_echo_model_input_own_h2_lean_client_c1.p50_ms },
+        grpc_js_client: { grpc_js_server: floor.unary_echo_model_input_c1.p50_ms, own_h2_server: floor.unary_echo_model_input_own_h2_c1.p50_ms },
+        lean_client: { grpc_js_server: floor.unary_echo_model_input_lean_client_c1.p50_ms, own_h2_server: floor.unary_echo_model_input_own_h2_lean_client_c1.p50_ms },
       },
     },
   };

@@ -1,18 +1,15 @@
 // gRPC's wire protocol (HTTP/2, length-prefixed messages, grpc-timeout, grpc-status trailers) without
-// grpc-js: on node:http2 for the rank port (createGrpcH2Server; the stage links' client is node:http2
-// too), and on our own HTTP/2 server (h2/) for the OIP front door (createGrpcServer; any gRPC client).
-// Every request pays it: measured on loopback (2-core machine), one 64 KiB message each way on an open
-// stream takes about 0.26 ms p50 on node:http2 against 0.50 ms with grpc-js on both ends; a unary echo
-// from a bare node:http2 client takes 0.18 ms p50 on our server, 0.19 on node:http2, 0.24 on grpc-js
-// (bench:serve's floor). Requests compressed with gzip or deflate are accepted; replies are not
-// compressed.
+// grpc-js, on our own HTTP/2 (h2/): createGrpcServer serves the OIP front door and the rank port (any
+// gRPC client talks to it: tritonclient, grpc-js), and the stage links are its client (StageLink).
+// Every request pays it: measured on loopback (2-core machine), a unary echo from a bare node:http2
+// client takes 0.17 ms p50 on our server against 0.20 on node:http2 and 0.25 on grpc-js (bench:serve's
+// floor). Requests compressed with gzip or deflate are accepted; replies are not compressed.
 import { EventEmitter } from 'node:events';
-import * as http2 from 'node:http2';
 import type * as net from 'node:net';
 import { gunzipSync, inflateSync } from 'node:zlib';
 import { CancelSource, type CancelSignal } from './cancel.js';
 import { ChunkQueue } from './h2/chunks.js';
-import { closeWithGrace, createH2Server, H2Error, listenOn } from './h2/server.js';
+import { closeWithGrace, createH2Server, H2Error, type H2Settings, listenOn } from './h2/server.js';
 
 /** gRPC status codes used here. */
 export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
@@ -20,35 +17,12 @@ export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3
 const ACCEPT_ENCODING = 'identity,deflate,gzip';
 
 /**
- * HTTP/2 settings of both ends: 16 MiB stream windows (the default 64 KiB would hold every
- * activation above that size for WINDOW_UPDATE round trips) and frames of up to 1 MiB accepted.
- * Node's own sender still cuts DATA frames at 16 KiB whatever the peer accepts (nghttp2's default
- * payload length): a 64 KiB activation arrives in 4 or 5 chunks and MessageReader joins them, one
- * copy per message. Connection windows: see createGrpcH2Server.
+ * HTTP/2 settings of both ends (servers and the stage links' client): 16 MiB stream windows (the
+ * default 64 KiB would hold every activation above that size for WINDOW_UPDATE round trips between
+ * hosts), a 64 MiB connection window, frames of up to 1 MiB. Our sender writes a message in frames as
+ * large as the peer accepts, so a 64 KiB activation between ranks is one DATA frame.
  */
-export const H2_SETTINGS: http2.Settings = { initialWindowSize: 16 << 20, maxFrameSize: 1 << 20 };
-/** The connection-level receive window of the end that receives the large messages (see createGrpcH2Server). */
-export const SESSION_WINDOW = 64 << 20;
-
-/**
- * Split bidi calls. On Node 20 one HTTP/2 connection cannot carry large messages both ways with wide
- * connection windows on both ends: a session stops reading its socket while one of its own writes is
- * in progress, so two peers both blocked writing never read again (reproduced with bare node:http2).
- * A client that needs both directions fast (the stage link) therefore opens two connections: on one,
- * a stream with `REPLY_SINK_HEADER: <id>` that only receives; on the other, the call itself with
- * `REPLY_VIA_HEADER: <id>`, whose replies the server writes to that sink. Each connection then carries
- * large data one way only and is widened on its receiving end. A call without the header answers on
- * its own stream, as usual.
- */
-export const REPLY_SINK_HEADER = 'shardserve-reply-sink';
-export const REPLY_VIA_HEADER = 'shardserve-reply-via';
-
-interface ReplySink {
-  stream: GrpcServerStream;
-  paired: boolean;
-  /** Called when the sink stream closes. */
-  onGone?: () => void;
-}
+export const H2_SETTINGS: H2Settings = { initialWindowSize: 16 << 20, maxFrameSize: 1 << 20, connectionWindowSize: 64 << 20, maxConcurrentStreams: 1000, maxHeaderListSize: 64 * 1024 };
 
 export class GrpcWireError extends Error {
   constructor(readonly code: number, message: string) {
@@ -147,10 +121,7 @@ export interface ServerStreamCall<Req, Res> extends EventEmitter {
   on(event: 'end' | 'cancelled', listener: () => void): this;
 }
 
-/**
- * The part of a server-side HTTP/2 stream the gRPC calls use: node:http2's ServerHttp2Stream has it,
- * and so has our own transport's H2Stream (h2/server.ts).
- */
+/** The part of a server-side HTTP/2 stream (h2/server.ts's H2Stream) the gRPC calls use. */
 export interface GrpcServerStream {
   readonly destroyed: boolean;
   readonly headersSent: boolean;
@@ -197,7 +168,7 @@ export function deadlineOf(timeout: unknown, now = Date.now()): number | undefin
   return now + Number(m[1]) * unitMs;
 }
 
-export interface GrpcH2Server {
+export interface GrpcServer {
   server: net.Server;
   /** Listen on host:port; resolves with the bound port. */
   listen(host: string, port: number): Promise<number>;
@@ -226,60 +197,8 @@ function trailersOnly(stream: GrpcServerStream, code: number, message: string): 
   stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeGrpcMessage(message) }, { endStream: true });
 }
 
-/** A gRPC server for the given methods (keyed by path, e.g. '/pkg.Service/Method'). */
-export function createGrpcH2Server(methods: Record<string, MethodHandler>, opts: { maxMessageBytes: number }): GrpcH2Server {
-  const server = http2.createServer({ settings: H2_SETTINGS, maxSessionMemory: 1024 });
-  const sessions = new Set<http2.ServerHttp2Session>();
-  server.on('session', (session) => {
-    sessions.add(session);
-    session.on('close', () => sessions.delete(session));
-    session.on('error', () => undefined);
-  });
-  const widened = new WeakSet<http2.Http2Session>();
-  const bidi = bidiCalls(opts.maxMessageBytes);
-  server.on('stream', (stream, headers) => {
-    stream.on('error', () => undefined);
-    // A 64 MiB connection window for what clients send (HTTP/2's default 64 KiB caps a stream
-    // at ~64 KiB per round trip, a real limit for activations between hosts). Only this side
-    // widens: with large connection windows on both ends, a stream carrying large messages both
-    // ways stalls on Node 20 (the first reply never arrives; reproduced with bare node:http2).
-    // Set at the session's first stream, once the connection is established.
-    const session = stream.session;
-    if (session && !widened.has(session)) {
-      widened.add(session);
-      session.setLocalWindowSize(SESSION_WINDOW);
-    }
-    startCall(stream, headers, methods, opts.maxMessageBytes, bidi);
-  });
-  return {
-    server,
-    listen: (host, port) => listenOn(server, host, port),
-    close: (graceMs = 1_000) => closeWithGrace(server, graceMs, () => sessions.forEach((s) => s.close()), () => sessions.forEach((s) => s.destroy())),
-  };
-}
-
-/**
- * Starts bidirectional calls: a reply sink (REPLY_SINK_HEADER), a call whose replies go to one
- * (REPLY_VIA_HEADER), or a plain bidi call. One per server: the sinks are matched across its connections.
- */
-function bidiCalls(maxBytes: number) {
-  const sinks = new Map<string, ReplySink>();
-  return (stream: GrpcServerStream, headers: RequestHeaders, method: Extract<MethodHandler, { kind: 'bidi' }>, encoding: string | undefined): void => {
-    const sinkId = headers[REPLY_SINK_HEADER];
-    if (sinkId !== undefined) return serveReplySink(stream, String(sinkId), sinks);
-    const viaId = headers[REPLY_VIA_HEADER];
-    let sink: ReplySink | undefined;
-    if (viaId !== undefined) {
-      sink = sinks.get(String(viaId));
-      if (!sink || sink.paired) return trailersOnly(stream, GrpcStatus.FAILED_PRECONDITION, `no unpaired reply stream '${String(viaId)}' is open on this server`);
-      sink.paired = true;
-    }
-    serveBidi(stream, method, maxBytes, encoding, sink);
-  };
-}
-
-/** Checks a request's method and content type, finds its handler and starts the call (bidirectional ones through the server's `bidi`). */
-function startCall(stream: GrpcServerStream, headers: RequestHeaders, methods: Record<string, MethodHandler>, maxBytes: number, bidi: ReturnType<typeof bidiCalls>): void {
+/** Checks a request's method and content type, finds its handler and starts the call. */
+function startCall(stream: GrpcServerStream, headers: RequestHeaders, methods: Record<string, MethodHandler>, maxBytes: number): void {
   const contentType = String(headers['content-type'] ?? '');
   if (headers[':method'] !== 'POST' || !contentType.startsWith('application/grpc')) {
     stream.respond({ ':status': 415, 'content-type': 'text/plain' });
@@ -290,21 +209,13 @@ function startCall(stream: GrpcServerStream, headers: RequestHeaders, methods: R
   const method = methods[path];
   if (!method) return trailersOnly(stream, GrpcStatus.UNIMPLEMENTED, `unknown method ${path}`);
   const encoding = headers['grpc-encoding'] === undefined ? undefined : String(headers['grpc-encoding']);
-  if (method.kind === 'bidi') return bidi(stream, headers, method, encoding);
+  if (method.kind === 'bidi') return serveBidi(stream, method, maxBytes, encoding);
   serveOneRequest(stream, method, maxBytes, encoding, deadlineOf(headers['grpc-timeout']));
 }
 
-/**
- * A gRPC server on our own HTTP/2 transport (h2/server.ts). Same settings as createGrpcH2Server's
- * (16 MiB stream windows, 1 MiB frames, a 64 MiB connection window for what clients send), same
- * calls (reply sinks included), same errors.
- */
-export function createGrpcServer(methods: Record<string, MethodHandler>, opts: { maxMessageBytes: number }): GrpcH2Server {
-  const bidi = bidiCalls(opts.maxMessageBytes);
-  return createH2Server(
-    { initialWindowSize: H2_SETTINGS.initialWindowSize!, maxFrameSize: H2_SETTINGS.maxFrameSize!, connectionWindowSize: SESSION_WINDOW, maxConcurrentStreams: 1000, maxHeaderListSize: 64 * 1024 },
-    (stream, headers) => startCall(stream, headers, methods, opts.maxMessageBytes, bidi),
-  );
+/** A gRPC server for the given methods (keyed by path, e.g. '/pkg.Service/Method') on our own HTTP/2 transport (h2/server.ts). */
+export function createGrpcServer(methods: Record<string, MethodHandler>, opts: { maxMessageBytes: number }): GrpcServer {
+  return createH2Server(H2_SETTINGS, (stream, headers) => startCall(stream, headers, methods, opts.maxMessageBytes));
 }
 
 function codeOf(e: unknown): [number, string] {
@@ -382,24 +293,8 @@ function streamReplies(stream: GrpcServerStream, method: Extract<MethodHandler, 
   method.open(request, call, ctx);
 }
 
-/** A stream that only carries the replies of the call that names it (see REPLY_SINK_HEADER). */
-function serveReplySink(stream: GrpcServerStream, id: string, sinks: Map<string, ReplySink>): void {
-  if (sinks.has(id)) return trailersOnly(stream, GrpcStatus.ALREADY_EXISTS, `reply stream '${id}' is already open`);
-  const sink: ReplySink = { stream, paired: false };
-  sinks.set(id, sink);
-  stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-accept-encoding': ACCEPT_ENCODING }, { waitForTrailers: true });
-  stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-  stream.resume(); // nothing is expected from the client; keep its stream flowing
-  stream.on('close', () => {
-    sinks.delete(id);
-    sink.onGone?.();
-  });
-}
-
-function serveBidi(stream: GrpcServerStream, method: Extract<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined, sink?: ReplySink): void {
+function serveBidi(stream: GrpcServerStream, method: Extract<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined): void {
   const call = new EventEmitter() as ServerStreamCall<any, any>;
-  // Where replies go: this stream, or the reply stream the client opened for them.
-  const out = sink?.stream ?? stream;
   let done = false;
   let trailersSent = false;
   let cancelled = false;
@@ -412,14 +307,13 @@ function serveBidi(stream: GrpcServerStream, method: Extract<MethodHandler, { ki
     stream.sendTrailers(t);
   });
   call.write = (message) => {
-    if (done || out.destroyed || out.writableEnded) return false;
-    return writeFramed(out, method.encodeFramed(message), false);
+    if (done || stream.destroyed || stream.writableEnded) return false;
+    return writeFramed(stream, method.encodeFramed(message), false);
   };
   call.end = () => {
     if (done) return;
     done = true;
     if (!stream.destroyed && !stream.writableEnded) stream.end();
-    if (sink && !out.destroyed && !out.writableEnded) out.end();
   };
   const cancel = () => {
     if (cancelled) return;
@@ -443,16 +337,6 @@ function serveBidi(stream: GrpcServerStream, method: Extract<MethodHandler, { ki
   stream.on('close', () => {
     // Reset by the client (RST_STREAM), or closed before our trailers went out (the connection went away).
     if (!cancelled && (stream.rstCode !== H2Error.NO_ERROR || !trailersSent)) cancel();
-    // The call is over without ending its reply stream (the client went away): drop that one too.
-    if (sink && !out.destroyed && !out.writableEnded) out.close(H2Error.CANCEL);
   });
-  if (sink) {
-    // The reply stream went away (its connection broke): nobody can get the answers any more.
-    sink.onGone = () => {
-      if (stream.destroyed || trailersSent) return;
-      cancel();
-      stream.close(H2Error.CANCEL);
-    };
-  }
   method.open(call);
 }

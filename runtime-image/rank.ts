@@ -10,7 +10,7 @@ import { RankMetrics } from './metrics.js';
 import { PEER_CHANNEL_OPTIONS, services } from './protos.js';
 import { positionOf, stageLeader, type PipelineSpec, type RankPosition } from './pipeline/spec.js';
 import { StageLink } from './pipeline/stage-link.js';
-import { createGrpcH2Server, createGrpcServer, type GrpcH2Server } from './grpc-h2.js';
+import { createGrpcServer, type GrpcServer } from './grpc-h2.js';
 import { StageNode } from './pipeline/stage-node.js';
 import { stageServiceImpl } from './pipeline/stage-service.js';
 import { createOrtStage, type OrtStageOptions, type StageExecutor } from './pipeline/stage-session.js';
@@ -59,7 +59,7 @@ export interface RankHandle {
   stop(reason: string, graceMs?: number): Promise<void>;
 }
 
-async function listenGrpc(server: GrpcH2Server, host: string, port: number): Promise<number> {
+async function listenGrpc(server: GrpcServer, host: string, port: number): Promise<number> {
   return server.listen(host, port).catch((e: Error) => {
     throw new ShardserveError('PortInUse', `cannot listen on ${host}:${port}: ${e.message}`, { cause: e });
   });
@@ -109,7 +109,7 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
   let stopping: Promise<void> | undefined;
 
   // Rank-to-rank server first: Status answers while loading, so rank 0 can show progress.
-  const rankServer = createGrpcH2Server(stageServiceImpl({
+  const rankServer = createGrpcServer(stageServiceImpl({
     node: () => node,
     lifecycle,
     status: () => ({ rank: env.rank, group: env.group, stage: position.stage, loadedBytes, totalBytes, ready: lifecycle.accepting }),
@@ -123,7 +123,7 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
   // Group readiness lives at the head; other ranks answer /readyz with their own state.
   const groupLifecycle = isHead ? new Lifecycle() : lifecycle;
   const plane = isHead ? new DataPlane(config.modelName, undefined, groupLifecycle, () => node, metrics, opts.limits) : undefined;
-  let frontDoor: GrpcH2Server | undefined;
+  let frontDoor: GrpcServer | undefined;
   let grpcPort: number | undefined;
   groupLifecycle.set('LOADING', 'loading checkpoint slice');
   const handler = restHandler({ plane, lifecycle, metrics });

@@ -4,9 +4,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
-import { type CallContext, createGrpcServer, framed, frameMessage, type GrpcH2Server } from '../grpc-h2.js';
+import { type CallContext, createGrpcServer, framed, frameMessage, type GrpcServer, H2_SETTINGS } from '../grpc-h2.js';
 import { encodeHeaders, HpackDecoder } from './hpack.js';
-import { createH2Server, H2Error } from './server.js';
+import { connectH2, createH2Server, H2Error } from './server.js';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
@@ -85,7 +85,7 @@ function heldCall() {
 }
 
 describe('our HTTP/2 server, frame by frame', () => {
-  let server: GrpcH2Server | undefined;
+  let server: GrpcServer | undefined;
   afterEach(async () => {
     await server?.close(100);
     server = undefined;
@@ -221,5 +221,145 @@ describe('our HTTP/2 server, frame by frame', () => {
     expect(bytes).toBe(200 << 10);
     session.close();
     await h2.close(100);
+  });
+});
+
+/** A raw HTTP/2 server: accepts one connection, checks the client preface, collects its frames. */
+async function rawServer() {
+  const frames: Frame[] = [];
+  let socket: net.Socket | undefined;
+  let preface: boolean | undefined;
+  let closed = false;
+  let buf = Buffer.alloc(0);
+  const waiters: (() => void)[] = [];
+  const wake = () => waiters.splice(0).forEach((w) => w());
+  const server = net.createServer((s) => {
+    socket = s;
+    s.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      if (preface === undefined && buf.length >= PREFACE.length) {
+        preface = buf.subarray(0, PREFACE.length).equals(PREFACE);
+        buf = buf.subarray(PREFACE.length);
+      }
+      while (preface && buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+        const len = buf.readUIntBE(0, 3);
+        frames.push({ type: buf[3], flags: buf[4], stream: buf.readUInt32BE(5), payload: buf.subarray(9, 9 + len) });
+        buf = buf.subarray(9 + len);
+      }
+      wake();
+    });
+    s.on('error', () => undefined);
+    s.on('close', () => {
+      closed = true;
+      wake();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const until = async (what: string, ok: () => boolean) => {
+    const deadline = Date.now() + 5_000;
+    while (!ok()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; frames: ${JSON.stringify(frames.map((f) => [f.type, f.flags, f.stream, f.payload.length]))}`);
+      await new Promise<void>((r) => {
+        waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+  };
+  const matching = (type: number, flags?: number) => frames.filter((f) => f.type === type && (flags === undefined || (f.flags & flags) === flags));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    frames,
+    preface: () => preface,
+    send: (b: Buffer) => socket!.write(b),
+    /** Every frame of `type` (with `flags` set), once there are `n`. */
+    framesOf: (type: number, n: number, flags?: number) => until(`${n} frames of type ${type}`, () => matching(type, flags).length >= n).then(() => matching(type, flags)),
+    closed: () => until('the client to close the connection', () => closed),
+    close: () => {
+      socket?.destroy();
+      server.close();
+    },
+  };
+}
+
+describe('our HTTP/2 client (the stage links), frame by frame against a raw server', () => {
+  const settingsOf = (p: Buffer) => Object.fromEntries(Array.from({ length: p.length / 6 }, (_, i) => [p.readUInt16BE(i * 6), p.readUInt32BE(i * 6 + 2)]));
+  const request = { ':method': 'POST', ':scheme': 'http', ':authority': 'peer:7000', ':path': '/t.E/Chat', 'content-type': 'application/grpc', te: 'trailers' };
+
+  it('opens with the preface and its SETTINGS, keeps to the peer\'s frame size and windows, and takes a response, data, PING, trailers and GOAWAY', async () => {
+    const srv = await rawServer();
+    const goaways: number[] = [];
+    const conn = connectH2('127.0.0.1', srv.port, H2_SETTINGS, { onGoaway: (code) => goaways.push(code) });
+    await new Promise((r) => conn.socket.once('connect', r));
+    const st = conn.request(request);
+    const events: unknown[] = [];
+    st.on('response', (h) => events.push(['response', h[':status'], h['content-type']]));
+    st.on('data', (d: Buffer) => events.push(['data', d.toString()]));
+    st.on('trailers', (t) => events.push(['trailers', t['grpc-status']]));
+    st.on('end', () => events.push(['end']));
+    // Before the server's SETTINGS: HTTP/2's default 16 KiB frames.
+    st.write(Buffer.alloc(40_000, 1));
+
+    const [settings] = await srv.framesOf(4, 1);
+    expect(srv.preface()).toBe(true);
+    expect(settings.stream).toBe(0);
+    expect(settingsOf(settings.payload)).toEqual({ 2: 0, 4: 16 << 20, 5: 1 << 20, 6: 64 << 10 });
+    const [update] = await srv.framesOf(8, 1);
+    expect([update.stream, update.payload.readUInt32BE(0)]).toEqual([0, (64 << 20) - 65_535]);
+    const [headers] = await srv.framesOf(1, 1);
+    expect(headers.stream).toBe(1);
+    expect(headers.flags & 0x1).toBe(0); // the request body follows: no END_STREAM
+    expect(new HpackDecoder(4096, 1 << 16).decode(headers.payload)).toEqual({ ':method': 'POST', ':scheme': 'http', ':authority': 'peer:7000', ':path': '/t.E/Chat', 'content-type': 'application/grpc', te: 'trailers' });
+    expect((await srv.framesOf(0, 3)).map((f) => [f.stream, f.payload.length])).toEqual([[1, 16_384], [1, 16_384], [1, 7_232]]);
+
+    // The server allows 1 MiB frames and opens the windows: 64 KiB now leaves as one frame.
+    const maxFrame = Buffer.alloc(6);
+    maxFrame.writeUInt16BE(5, 0);
+    maxFrame.writeUInt32BE(1 << 20, 2);
+    const inc = Buffer.alloc(4);
+    inc.writeUInt32BE(1 << 20);
+    srv.send(Buffer.concat([frame(4, 0, 0, maxFrame), frame(8, 0, 0, inc), frame(8, 0, 1, inc)]));
+    expect((await srv.framesOf(4, 1, 0x1))[0].payload.length).toBe(0); // our ack of its SETTINGS
+    st.write(Buffer.alloc(65_536, 2));
+    expect((await srv.framesOf(0, 4)).map((f) => f.payload.length)).toEqual([16_384, 16_384, 7_232, 65_536]);
+
+    // The response: headers, a message, a PING from the server (answered), ours (acknowledged), trailers.
+    srv.send(Buffer.concat([
+      frame(1, 0x4, 1, encodeHeaders([[':status', '200'], ['content-type', 'application/grpc']])),
+      frame(0, 0, 1, Buffer.from('hello')),
+      frame(6, 0, 0, Buffer.from('pingpong')),
+    ]));
+    const [pong] = await srv.framesOf(6, 1, 0x1);
+    expect(pong.payload.toString()).toBe('pingpong');
+    let acked = false;
+    conn.ping(() => (acked = true));
+    const ours = (await srv.framesOf(6, 2)).find((f) => !(f.flags & 0x1))!;
+    srv.send(frame(6, 0x1, 0, ours.payload));
+    const ended = new Promise<void>((r) => st.once('end', r));
+    srv.send(frame(1, 0x4 | 0x1, 1, encodeHeaders([['grpc-status', '0']])));
+    await ended;
+    expect(acked).toBe(true);
+    expect(events).toEqual([['response', '200', 'application/grpc'], ['data', 'hello'], ['trailers', '0'], ['end']]);
+
+    // GOAWAY: heard, and no new stream may open.
+    const goaway = Buffer.alloc(8);
+    srv.send(frame(7, 0, 0, goaway));
+    for (let i = 0; i < 100 && goaways.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(goaways).toEqual([0]);
+    expect(() => conn.request(request)).toThrow('the connection is closed or going away');
+    conn.destroy();
+    srv.close();
+  });
+
+  it('ends the connection with GOAWAY PROTOCOL_ERROR on a PUSH_PROMISE (it sent SETTINGS_ENABLE_PUSH 0)', async () => {
+    const srv = await rawServer();
+    const conn = connectH2('127.0.0.1', srv.port, H2_SETTINGS);
+    await new Promise((r) => conn.socket.once('connect', r));
+    conn.request(request);
+    await srv.framesOf(1, 1);
+    srv.send(frame(5, 0x4, 1, Buffer.concat([Buffer.from([0, 0, 0, 2]), encodeHeaders([[':method', 'GET'], [':path', '/pushed']])])));
+    const [goaway] = await srv.framesOf(7, 1);
+    expect([goaway.payload.readUInt32BE(0), goaway.payload.readUInt32BE(4), goaway.payload.subarray(8).toString()]).toEqual([0, H2Error.PROTOCOL_ERROR, 'PUSH_PROMISE, though we sent SETTINGS_ENABLE_PUSH 0']);
+    await srv.closed();
+    srv.close();
   });
 });

@@ -1,11 +1,13 @@
-// An HTTP/2 server (RFC 7540/9113, cleartext with prior knowledge) of our own, for the OIP front
-// door: node:http2 makes every request a Duplex stream driven through nghttp2's callbacks, which
-// costs the front door more than its whole target (about 0.14 ms of CPU per unary call on 2
-// cores, measured with the MLP model against this implementation). Here a request is a small
-// EventEmitter fed straight from the socket, and a reply (headers, message, trailers) leaves in one
-// write. What a server of request/response calls needs is complete: SETTINGS, flow control both
-// ways, CONTINUATION, padding, PING, RST_STREAM, GOAWAY (graceful close), HPACK with Huffman.
-// Server push and priorities are not used (priority signals are read and ignored).
+// HTTP/2 (RFC 7540/9113, cleartext with prior knowledge) of our own, both ends: the server of the
+// OIP front door and the rank port, and the client of the stage links. node:http2 makes every
+// request a Duplex stream driven through nghttp2's callbacks, which cost the front door more than its
+// whole target (about 0.14 ms of CPU per unary call on 2 cores, measured with the MLP model against
+// this implementation), and its client cuts DATA frames at 16 KiB and stops reading its socket while
+// it writes. Here a stream is a small EventEmitter fed straight from the socket, a reply (headers,
+// message, trailers) leaves in one write, and a message goes out in frames as large as the peer
+// takes. What request/response calls need is complete: SETTINGS, flow control both ways,
+// CONTINUATION, padding, PING, RST_STREAM, GOAWAY (graceful close), HPACK with Huffman. Server push
+// is not used (a client refuses it) and priority signals are read and ignored.
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { ChunkQueue } from './chunks.js';
@@ -37,7 +39,7 @@ const MAX_WINDOW = 2 ** 31 - 1;
 /** Replies up to this size are joined into one buffer before the write; larger ones go out as a writev. */
 const JOIN_BELOW = 64 * 1024;
 
-export interface H2ServerSettings {
+export interface H2Settings {
   /** Our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE). */
   initialWindowSize: number;
   /** Largest frame payload we accept (SETTINGS_MAX_FRAME_SIZE). */
@@ -58,9 +60,10 @@ class ProtocolError extends Error {
 }
 
 /**
- * One request stream on the server, with the part of node:http2's ServerHttp2Stream that a gRPC
+ * One stream. On the server: a request, with the part of node:http2's ServerHttp2Stream that a gRPC
  * server uses: events 'data' (Buffer), 'end', 'close', 'wantTrailers', 'drain'; respond, write,
- * end, sendTrailers, close.
+ * end, sendTrailers, close. On a client (H2Connection.request): the same events, plus 'response'
+ * (the first header block) and 'trailers' (the last), both with the decoded fields.
  */
 export class H2Stream extends EventEmitter {
   headersSent = false;
@@ -78,6 +81,8 @@ export class H2Stream extends EventEmitter {
   /** @internal */ trailersAsked = false;
   /** @internal */ localEnded = false;
   /** @internal */ wantsDrain = false;
+  /** @internal Client streams: the response's header block has come. */
+  responseSeen = false;
 
   constructor(private readonly conn: H2Connection, readonly id: number, sendWindow: number, recvWindow: number) {
     super();
@@ -153,13 +158,29 @@ function headerList(headers: OutgoingHeaders): [string, string][] {
   return out;
 }
 
-/** A server connection: parses frames from the socket, keeps the streams and both flow-control windows. */
+export interface H2ConnectionEvents {
+  /** Server: a new request stream and its headers. Absent on a client connection. */
+  onStream?: (stream: H2Stream, headers: HeaderFields) => void;
+  /** The peer sent GOAWAY: it takes no new streams (a server lets open ones finish). */
+  onGoaway?: (code: number) => void;
+}
+
+/**
+ * One HTTP/2 connection, server or client: parses frames from the socket, keeps the streams and
+ * both flow-control windows. A client connection (no `onStream`) sends the connection preface and
+ * opens streams with `request`; the rest is the same code for both roles.
+ */
 export class H2Connection {
   readonly streams = new Map<number, H2Stream>();
   private readonly decoder: HpackDecoder;
   private readonly input = new ChunkQueue();
   private prefaceSeen = false;
+  /** The peer sent GOAWAY. */
+  private peerGoaway = false;
+  /** Server: the highest stream id the client opened. Client: the highest id we opened. */
   private lastStreamId = 0;
+  private readonly isClient: boolean;
+  private readonly pings = new Map<string, () => void>();
   /** Highest stream id accepted when we sent GOAWAY; undefined before. */
   private goawayAt: number | undefined;
   private peerInitialWindow = DEFAULT_WINDOW;
@@ -174,15 +195,23 @@ export class H2Connection {
   private closed = false;
   socketBlocked = false;
 
-  constructor(readonly socket: net.Socket, private readonly settings: H2ServerSettings, private readonly onStream: (stream: H2Stream, headers: HeaderFields) => void) {
+  constructor(readonly socket: net.Socket, private readonly settings: H2Settings, private readonly events: H2ConnectionEvents) {
+    this.isClient = events.onStream === undefined;
     this.decoder = new HpackDecoder(4096, settings.maxHeaderListSize);
     this.recvWindow = settings.connectionWindowSize;
     socket.setNoDelay(true);
-    const s = Buffer.alloc(24);
-    [[0x3, settings.maxConcurrentStreams], [0x4, settings.initialWindowSize], [0x5, settings.maxFrameSize], [0x6, settings.maxHeaderListSize]].forEach(([id, v], i) => {
+    // A client does not push-promise-receive (ENABLE_PUSH 0); a server limits the client's streams.
+    const ours = [[this.isClient ? 0x2 : 0x3, this.isClient ? 0 : settings.maxConcurrentStreams], [0x4, settings.initialWindowSize], [0x5, settings.maxFrameSize], [0x6, settings.maxHeaderListSize]];
+    const s = Buffer.alloc(6 * ours.length);
+    ours.forEach(([id, v], i) => {
       s.writeUInt16BE(id, i * 6);
       s.writeUInt32BE(v, i * 6 + 2);
     });
+    if (this.isClient) {
+      this.prefaceSeen = true; // a server sends no preface, only its SETTINGS
+      this.out.push(PREFACE);
+      this.outBytes += PREFACE.length;
+    }
     this.queueFrame(SETTINGS, 0, 0, s);
     if (settings.connectionWindowSize > DEFAULT_WINDOW) this.windowUpdate(0, settings.connectionWindowSize - DEFAULT_WINDOW);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -209,6 +238,28 @@ export class H2Connection {
 
   destroy(): void {
     this.socket.destroy();
+  }
+
+  /** Client: opens a stream with these request headers (the body follows with write/end). */
+  request(headers: OutgoingHeaders): H2Stream {
+    if (!this.isClient) throw new Error('request() is for client connections');
+    if (this.closed || this.peerGoaway) throw new Error('the connection is closed or going away');
+    const id = this.lastStreamId === 0 ? 1 : this.lastStreamId + 2;
+    this.lastStreamId = id;
+    const st = new H2Stream(this, id, this.peerInitialWindow, this.settings.initialWindowSize);
+    st.headersSent = true;
+    st.on('error', () => undefined);
+    this.streams.set(id, st);
+    this.sendHeaders(st, headers, false);
+    return st;
+  }
+
+  /** Sends a PING; `onAck` runs when the peer answers it. */
+  ping(onAck: () => void): void {
+    const payload = Buffer.allocUnsafe(8);
+    payload.writeDoubleBE(Math.random());
+    this.pings.set(payload.toString('hex'), onAck);
+    this.queueFrame(PING, 0, 0, payload);
   }
 
   // ------------------------------------------------------------------ input
@@ -252,6 +303,7 @@ export class H2Connection {
       case DATA:
         return this.onDataFrame(flags, id, p);
       case HEADERS: {
+        // Streams are client-initiated (odd) in both directions: we neither push nor accept pushes.
         if (id === 0 || id % 2 === 0) throw new ProtocolError(H2Error.PROTOCOL_ERROR, `HEADERS on stream ${id}`);
         let start = 0;
         let end = p.length;
@@ -294,15 +346,24 @@ export class H2Connection {
       case SETTINGS:
         return this.onSettings(flags, id, p);
       case PUSH_PROMISE:
-        throw new ProtocolError(H2Error.PROTOCOL_ERROR, 'PUSH_PROMISE from a client');
+        throw new ProtocolError(H2Error.PROTOCOL_ERROR, this.isClient ? 'PUSH_PROMISE, though we sent SETTINGS_ENABLE_PUSH 0' : 'PUSH_PROMISE from a client');
       case PING:
         if (id !== 0) throw new ProtocolError(H2Error.PROTOCOL_ERROR, `PING on stream ${id}`);
         if (p.length !== 8) throw new ProtocolError(H2Error.FRAME_SIZE_ERROR, `PING of ${p.length} bytes`);
         if (!(flags & ACK)) this.queueFrame(PING, ACK, 0, Buffer.from(p));
+        else {
+          const key = p.toString('hex');
+          const onAck = this.pings.get(key);
+          this.pings.delete(key);
+          onAck?.();
+        }
         return;
       case GOAWAY:
         if (id !== 0) throw new ProtocolError(H2Error.PROTOCOL_ERROR, `GOAWAY on stream ${id}`);
-        // The client will open no more streams; those open finish, then it closes the connection.
+        if (p.length < 8) throw new ProtocolError(H2Error.FRAME_SIZE_ERROR, `GOAWAY of ${p.length} bytes`);
+        // The peer takes no new streams; those open finish (a client then closes the connection).
+        this.peerGoaway = true;
+        this.events.onGoaway?.(p.readUInt32BE(4));
         return;
       case WINDOW_UPDATE: {
         if (p.length !== 4) throw new ProtocolError(H2Error.FRAME_SIZE_ERROR, `WINDOW_UPDATE of ${p.length} bytes`);
@@ -358,6 +419,7 @@ export class H2Connection {
   private onHeaderBlock(id: number, block: Buffer, endStream: boolean): void {
     // Every block is decoded, even one of a stream we refuse: it changes the HPACK table.
     const fields = this.decoder.decode(block);
+    if (this.isClient) return this.onResponseHeaders(id, fields, endStream);
     const existing = this.streams.get(id);
     if (existing) {
       // Trailers from the client: they must end the stream.
@@ -381,7 +443,26 @@ export class H2Connection {
     const st = new H2Stream(this, id, this.peerInitialWindow, this.settings.initialWindowSize);
     st.on('error', () => undefined);
     this.streams.set(id, st);
-    this.onStream(st, fields);
+    this.events.onStream!(st, fields);
+    if (endStream && !st.destroyed) {
+      st.remoteEnded = true;
+      st.emit('end');
+      this.maybeClosed(st);
+    }
+  }
+
+  /** Client: a header block of one of our streams: the response's (first) or its trailers (last, ending the stream). */
+  private onResponseHeaders(id: number, fields: HeaderFields, endStream: boolean): void {
+    if (id > this.lastStreamId) throw new ProtocolError(H2Error.PROTOCOL_ERROR, `HEADERS on stream ${id}, which we did not open`);
+    const st = this.streams.get(id);
+    if (!st || st.remoteEnded) return; // closed by us already: dropped
+    if (!st.responseSeen) {
+      st.responseSeen = true;
+      st.emit('response', fields);
+    } else {
+      if (!endStream) return this.reset(st, H2Error.PROTOCOL_ERROR);
+      st.emit('trailers', fields);
+    }
     if (endStream && !st.destroyed) {
       st.remoteEnded = true;
       st.emit('end');
@@ -492,7 +573,7 @@ export class H2Connection {
     if (st.localEnded) return;
     st.localEnded = true;
     st.writableEnded = true;
-    if (!st.remoteEnded) {
+    if (!st.remoteEnded && !this.isClient) {
       // Answered before the request ended: ask the client to stop sending (RFC 9113 8.1).
       this.queueFrame(RST_STREAM, 0, st.id, u32(H2Error.NO_ERROR));
       st.remoteEnded = true;
@@ -526,7 +607,8 @@ export class H2Connection {
 
   private sendGoaway(code: number, message: string): void {
     const p = Buffer.alloc(8 + Buffer.byteLength(message));
-    p.writeUInt32BE(this.lastStreamId, 0);
+    // The last stream the peer opened that we handle: a client takes none from the server.
+    p.writeUInt32BE(this.isClient ? 0 : this.lastStreamId, 0);
     p.writeUInt32BE(code, 4);
     p.write(message, 8);
     this.queueFrame(GOAWAY, 0, 0, p);
@@ -600,11 +682,11 @@ export interface H2Server {
 }
 
 /** An HTTP/2 server calling `onStream(stream, headers)` for every request. */
-export function createH2Server(settings: H2ServerSettings, onStream: (stream: H2Stream, headers: HeaderFields) => void): H2Server {
+export function createH2Server(settings: H2Settings, onStream: (stream: H2Stream, headers: HeaderFields) => void): H2Server {
   const connections = new Set<H2Connection>();
   let closing = false;
   const server = net.createServer((socket) => {
-    const conn = new H2Connection(socket, settings, onStream);
+    const conn = new H2Connection(socket, settings, { onStream });
     connections.add(conn);
     socket.on('close', () => connections.delete(conn));
     if (closing) conn.goaway();
@@ -617,6 +699,14 @@ export function createH2Server(settings: H2ServerSettings, onStream: (stream: H2
       return closeWithGrace(server, graceMs, () => connections.forEach((c) => c.goaway()), () => connections.forEach((c) => c.destroy()));
     },
   };
+}
+
+/**
+ * A client connection to `host:port`. The preface and our SETTINGS are queued at once (the socket
+ * sends them when it connects); watch `connection.socket` for 'connect', 'error' and 'close'.
+ */
+export function connectH2(host: string, port: number, settings: H2Settings, events: Omit<H2ConnectionEvents, 'onStream'> = {}): H2Connection {
+  return new H2Connection(net.connect(port, host), settings, { onGoaway: events.onGoaway });
 }
 
 /** `server.listen(port, host)`; resolves with the bound port, rejects when listening fails. */

@@ -1,11 +1,11 @@
-import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import * as http2 from 'node:http2';
 import type { CancelSignal } from '../cancel.js';
 import { InferError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { decodeStageReply, frameStageMessage, type StageMessageObject } from './codec.js';
-import { decodeGrpcMessage, GrpcStatus, H2_SETTINGS, MessageReader, REPLY_SINK_HEADER, REPLY_VIA_HEADER, SESSION_WINDOW, writeFramed } from '../grpc-h2.js';
+import { decodeGrpcMessage, GrpcStatus, MessageReader, H2_SETTINGS, writeFramed } from '../grpc-h2.js';
+import type { HeaderFields } from '../h2/hpack.js';
+import { connectH2, type H2Connection, H2Error, type H2Stream } from '../h2/server.js';
 import { errorFromWire, tensorFromWire, tensorToWire, type StageTiming } from './wire.js';
 
 export interface StageLinkOptions {
@@ -35,20 +35,19 @@ const KEEPALIVE_MS = 10_000;
 const KEEPALIVE_TIMEOUT_MS = 5_000;
 
 /**
- * The link from this stage to the next: one bidirectional gRPC call (StageService.Forward, see
- * grpc-h2.ts) that every request in flight shares, with replies coming back by id in any order.
- * The call's requests and its replies travel on two HTTP/2 connections, each widened on its
- * receiving end, so activations flow at full speed both ways between hosts (one connection cannot do
- * both on Node 20; see REPLY_SINK_HEADER). When either breaks, every request on the link fails at
- * once with Unavailable (no request waits for a peer that is gone) and the link reconnects with
- * backoff (50 ms doubling to 1 s). An HTTP/2 ping every 10 s, unanswered for 5 s, counts as broken.
+ * The link from this stage to the next: one bidirectional gRPC call (StageService.Forward) on one
+ * HTTP/2 connection of our own client (h2/), shared by every request in flight, with replies coming
+ * back by id in any order. Both ends' windows are wide (16 MiB per stream, 64 MiB per connection),
+ * so activations flow at full speed both ways between hosts; our client never stops reading its
+ * socket, so one connection carries both directions (node:http2 could not carry large messages both ways on one connection with wide windows at both ends: a session stops reading while it writes).
+ * When the connection or the call breaks, every request on the link fails at once with
+ * Unavailable (no request waits for a peer that is gone) and the link reconnects with backoff
+ * (50 ms doubling to 1 s). A PING every 10 s, unanswered for 5 s, counts as broken.
  */
 export class StageLink extends EventEmitter {
-  /** The connection that carries requests, and the Forward call on it. */
-  private session: http2.ClientHttp2Session | undefined;
-  private stream: http2.ClientHttp2Stream | undefined;
-  /** The connection that carries replies. */
-  private replySession: http2.ClientHttp2Session | undefined;
+  private connection: H2Connection | undefined;
+  /** The Forward call, once the server has answered its headers. */
+  private stream: H2Stream | undefined;
   private keepalive: NodeJS.Timeout | undefined;
   private readonly maxMessageBytes: number;
   private readonly pending = new Map<string, Pending>();
@@ -76,39 +75,43 @@ export class StageLink extends EventEmitter {
 
   private connect(): void {
     if (this.closed) return;
-    const url = `http://${this.opts.address}`;
-    const options: http2.ClientSessionOptions = { settings: H2_SETTINGS, maxSessionMemory: 1024 };
-    const requests = http2.connect(url, options);
-    const replies = http2.connect(url, options);
-    this.session = requests;
-    this.replySession = replies;
-    const linkId = randomBytes(12).toString('hex');
+    const { host, port } = splitAddress(this.opts.address);
     let opened = false;
-    const timer = setTimeout(() => gone(`no connection within ${CONNECT_TIMEOUT_MS} ms`), CONNECT_TIMEOUT_MS);
     const gone = (why: string) => {
       clearTimeout(timer);
-      if (this.session !== requests) return;
-      this.session = undefined;
-      this.replySession = undefined;
+      if (this.connection !== connection) return;
+      this.connection = undefined;
       if (this.keepalive) clearInterval(this.keepalive);
-      requests.destroy();
-      replies.destroy();
+      connection.destroy();
       if (opened) this.broken(why);
       else this.scheduleReconnect();
     };
-    for (const session of [requests, replies]) {
-      session.on('error', (e: Error) => gone(e.message));
-      session.on('close', () => gone('connection closed'));
-      session.on('goaway', () => gone('the peer is going away'));
-    }
-    // Both streams are read the same way: replies may come on either (on the call when a server does not split).
-    const watch = (stream: http2.ClientHttp2Stream, onResponse?: () => void) => {
+    const connection = connectH2(host, port, H2_SETTINGS, { onGoaway: () => gone('the peer is going away') });
+    this.connection = connection;
+    const timer = setTimeout(() => gone(`no connection within ${CONNECT_TIMEOUT_MS} ms`), CONNECT_TIMEOUT_MS);
+    const socket = connection.socket;
+    socket.on('error', (e: Error) => gone(e.message));
+    socket.on('close', () => gone('connection closed'));
+    socket.once('connect', () => {
+      const stream = connection.request({ ':method': 'POST', ':scheme': 'http', ':authority': this.opts.address, ':path': FORWARD_PATH, 'content-type': 'application/grpc', te: 'trailers' });
       const messages = new MessageReader(this.maxMessageBytes, (b) => this.onReply(decodeStageReply(b)));
-      stream.on('response', (headers) => {
+      stream.on('response', (headers: HeaderFields) => {
         const status = headers[':status'];
-        if (status !== 200) gone(`HTTP status ${status}`);
-        else if (headers['grpc-status'] !== undefined && headers['grpc-status'] !== '0') gone(decodeGrpcMessage(headers['grpc-message'] ?? `gRPC status ${headers['grpc-status']}`));
-        else onResponse?.();
+        if (status !== '200') return gone(`HTTP status ${status}`);
+        if (headers['grpc-status'] !== undefined && headers['grpc-status'] !== '0') return gone(decodeGrpcMessage(headers['grpc-message'] ?? `gRPC status ${headers['grpc-status']}`));
+        if (headers['grpc-status'] !== undefined) return gone('the call ended at once');
+        // The call is up: requests may go.
+        clearTimeout(timer);
+        this.stream = stream;
+        opened = true;
+        this.connected = true;
+        this.backoffMs = 50;
+        this.keepalive = setInterval(() => {
+          const t = setTimeout(() => gone(`no ping answer within ${KEEPALIVE_TIMEOUT_MS} ms`), KEEPALIVE_TIMEOUT_MS);
+          connection.ping(() => clearTimeout(t));
+        }, KEEPALIVE_MS);
+        this.keepalive.unref();
+        this.emit('connected');
       });
       stream.on('data', (chunk: Buffer) => {
         try {
@@ -117,54 +120,11 @@ export class StageLink extends EventEmitter {
           gone((e as Error).message);
         }
       });
-      stream.on('trailers', (t) => {
+      stream.on('trailers', (t: HeaderFields) => {
         const code = Number(t['grpc-status'] ?? GrpcStatus.UNKNOWN);
         gone(code === GrpcStatus.OK ? 'stream ended' : decodeGrpcMessage(t['grpc-message'] ?? `gRPC status ${code}`));
       });
-      stream.on('error', (e: Error) => gone(e.message));
-      stream.on('close', () => gone('stream ended'));
-    };
-    const headers = { ':method': 'POST', ':path': FORWARD_PATH, 'content-type': 'application/grpc', te: 'trailers' };
-    // 1. The reply stream, on a connection whose receive window is widened: the server answers its
-    //    headers once the stream is registered, and only then may the call name it.
-    let sinkReady = false;
-    let requestsUp = false;
-    const openCall = () => {
-      if (!sinkReady || !requestsUp || this.session !== requests) return;
-      clearTimeout(timer);
-      // 2. The call itself, on the other connection (left at the default window: it receives nothing large).
-      const stream = requests.request({ ...headers, [REPLY_VIA_HEADER]: linkId });
-      watch(stream);
-      this.stream = stream;
-      opened = true;
-      this.connected = true;
-      this.backoffMs = 50;
-      this.keepalive = setInterval(() => {
-        for (const session of [requests, replies]) {
-          const t = setTimeout(() => session.destroy(new Error(`no ping answer within ${KEEPALIVE_TIMEOUT_MS} ms`)), KEEPALIVE_TIMEOUT_MS);
-          try {
-            session.ping(() => clearTimeout(t));
-          } catch {
-            clearTimeout(t);
-          }
-        }
-      }, KEEPALIVE_MS);
-      this.keepalive.unref();
-      this.emit('connected');
-    };
-    replies.once('connect', () => {
-      if (this.closed || this.session !== requests) return;
-      replies.setLocalWindowSize(SESSION_WINDOW);
-      const sink = replies.request({ ...headers, [REPLY_SINK_HEADER]: linkId });
-      watch(sink, () => {
-        sinkReady = true;
-        openCall();
-      });
-    });
-    requests.once('connect', () => {
-      if (this.closed || this.session !== requests) return;
-      requestsUp = true;
-      openCall();
+      stream.on('close', () => gone(stream.rstCode === H2Error.NO_ERROR ? 'stream ended' : `stream reset (HTTP/2 error ${stream.rstCode})`));
     });
   }
 
@@ -268,7 +228,7 @@ export class StageLink extends EventEmitter {
     });
   }
 
-  private write(stream: http2.ClientHttp2Stream, message: StageMessageObject): void {
+  private write(stream: H2Stream, message: StageMessageObject): void {
     writeFramed(stream, frameStageMessage(message), false);
   }
 
@@ -287,12 +247,23 @@ export class StageLink extends EventEmitter {
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     if (this.keepalive) clearInterval(this.keepalive);
     this.failAll(new InferError('Unavailable', 'rank is shutting down'));
-    const sessions = [this.session, this.replySession];
-    this.session = undefined;
-    this.replySession = undefined;
+    const connection = this.connection;
+    const stream = this.stream;
+    this.connection = undefined;
     this.stream = undefined;
     this.connected = false;
-    for (const session of sessions) session?.close();
-    setTimeout(() => sessions.forEach((session) => session?.destroy()), 1_000).unref();
+    if (!connection) return;
+    // End the call (the server answers with its trailers), then the connection once that is done.
+    stream?.end();
+    connection.goaway();
+    setTimeout(() => connection.destroy(), 1_000).unref();
   }
+}
+
+/** host and port of "host:port" ("[v6]:port" too). */
+export function splitAddress(address: string): { host: string; port: number } {
+  const at = address.lastIndexOf(':');
+  const port = Number(address.slice(at + 1));
+  if (at <= 0 || !Number.isInteger(port) || port <= 0 || port > 65535) throw new InferError('Internal', `stage address '${address}' is not host:port`);
+  return { host: address.slice(0, at).replace(/^\[(.*)\]$/, '$1'), port };
 }
