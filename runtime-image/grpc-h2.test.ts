@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { type CallContext, createGrpcServer, deadlineOf, frameMessage, framed, GrpcStatus, GrpcWireError, MessageReader, type GrpcServer, type ServerStreamCall } from './grpc-h2.js';
-import { FORWARD_PATH, StageLink } from './pipeline/stage-link.js';
+import { FORWARD_PATH, splitAddress, StageLink } from './pipeline/stage-link.js';
 import { decodeStageMessage, frameStageReply } from './pipeline/codec.js';
 
 const id = (b: Buffer) => b;
@@ -181,6 +181,15 @@ describe('gRPC on our own HTTP/2 (h2/server.ts) against grpc-js (a real gRPC cli
     chat.cancel();
     await wasCancelled;
     client.close();
+  });
+});
+
+describe('StageLink addresses', () => {
+  it('takes host:port, a bracketed IPv6 host, and a rank DNS name; refuses the rest at construction', () => {
+    expect(['10.0.0.7:7000', '[::1]:7000', 'net-1.net.default.svc:7000'].map(splitAddress)).toEqual([{ host: '10.0.0.7', port: 7000 }, { host: '::1', port: 7000 }, { host: 'net-1.net.default.svc', port: 7000 }]);
+    for (const bad of ['net-1', ':7000', 'net-1:', 'net-1:0', 'net-1:65536', 'net-1:70x0', 'net-1:-1']) {
+      expect(() => new StageLink({ address: bad, toStage: 1 }), bad).toThrow(`stage ${bad}: the next stage's address must be host:port`);
+    }
   });
 });
 

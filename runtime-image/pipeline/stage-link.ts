@@ -39,7 +39,8 @@ const KEEPALIVE_TIMEOUT_MS = 5_000;
  * HTTP/2 connection of our own client (h2/), shared by every request in flight, with replies coming
  * back by id in any order. Both ends' windows are wide (16 MiB per stream, 64 MiB per connection),
  * so activations flow at full speed both ways between hosts; our client never stops reading its
- * socket, so one connection carries both directions (node:http2 could not carry large messages both ways on one connection with wide windows at both ends: a session stops reading while it writes).
+ * socket, so one connection carries both directions (a node:http2 session stops reading while it
+ * writes: with wide windows at both ends, large messages both ways stalled it).
  * When the connection or the call breaks, every request on the link fails at once with
  * Unavailable (no request waits for a peer that is gone) and the link reconnects with backoff
  * (50 ms doubling to 1 s). A PING every 10 s, unanswered for 5 s, counts as broken.
@@ -56,11 +57,13 @@ export class StageLink extends EventEmitter {
   private closed = false;
   private backoffMs = 50;
   private reconnectTimer: NodeJS.Timeout | undefined;
+  private readonly peer: { host: string; port: number };
   readonly window: number;
   connected = false;
 
   constructor(private readonly opts: StageLinkOptions) {
     super();
+    this.peer = splitAddress(opts.address);
     this.window = opts.window ?? 32;
     this.maxMessageBytes = opts.maxMessageBytes ?? 256 * 1024 * 1024;
   }
@@ -75,7 +78,7 @@ export class StageLink extends EventEmitter {
 
   private connect(): void {
     if (this.closed) return;
-    const { host, port } = splitAddress(this.opts.address);
+    const { host, port } = this.peer;
     let opened = false;
     const gone = (why: string) => {
       clearTimeout(timer);
@@ -264,6 +267,6 @@ export class StageLink extends EventEmitter {
 export function splitAddress(address: string): { host: string; port: number } {
   const at = address.lastIndexOf(':');
   const port = Number(address.slice(at + 1));
-  if (at <= 0 || !Number.isInteger(port) || port <= 0 || port > 65535) throw new InferError('Internal', `stage address '${address}' is not host:port`);
+  if (at <= 0 || !/^\d+$/.test(address.slice(at + 1)) || port <= 0 || port > 65535) throw new InferError('Internal', `stage ${address}: the next stage's address must be host:port`);
   return { host: address.slice(0, at).replace(/^\[(.*)\]$/, '$1'), port };
 }
