@@ -55,15 +55,14 @@ export function framed(body: Uint8Array): Framed {
 }
 
 /** Writes a framed message (and ends the stream after it when `end`); false when the stream wants a pause. */
-export function writeFramed(stream: { write(chunk: Uint8Array): boolean; end(chunk?: Uint8Array): void }, message: Framed, end: boolean): boolean {
+export function writeFramed(stream: { write(chunk: Uint8Array): boolean; writeParts(parts: readonly Uint8Array[]): boolean; end(chunk?: Uint8Array): void }, message: Framed, end: boolean): boolean {
   if (Buffer.isBuffer(message)) {
     if (end) stream.end(message);
     return end || stream.write(message);
   }
-  const last = message.length - 1;
-  for (let i = 0; i < last; i++) stream.write(message[i]);
-  if (end) stream.end(message[last]);
-  return end || stream.write(message[last]);
+  const ok = stream.writeParts(message);
+  if (end) stream.end();
+  return end || ok;
 }
 
 /**
@@ -130,6 +129,7 @@ export interface GrpcServerStream {
   readonly rstCode: number;
   respond(headers: Record<string, string | number>, opts?: { endStream?: boolean; waitForTrailers?: boolean }): void;
   write(chunk: Uint8Array): boolean;
+  writeParts(parts: readonly Uint8Array[]): boolean;
   end(chunk?: Uint8Array | string): void;
   sendTrailers(headers: Record<string, string>): void;
   /** Resets the stream with RST_STREAM `code`. */

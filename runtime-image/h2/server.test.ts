@@ -311,7 +311,7 @@ describe('our HTTP/2 client (the stage links), frame by frame against a raw serv
     expect(new HpackDecoder(4096, 1 << 16).decode(headers.payload)).toEqual({ ':method': 'POST', ':scheme': 'http', ':authority': 'peer:7000', ':path': '/t.E/Chat', 'content-type': 'application/grpc', te: 'trailers' });
     expect((await srv.framesOf(0, 3)).map((f) => [f.stream, f.payload.length])).toEqual([[1, 16_384], [1, 16_384], [1, 7_232]]);
 
-    // The server allows 1 MiB frames and opens the windows: 64 KiB now leaves as one frame.
+    // The server allows 1 MiB frames and opens the windows: a message written in pieces (prefix, body) now leaves as one frame.
     const maxFrame = Buffer.alloc(6);
     maxFrame.writeUInt16BE(5, 0);
     maxFrame.writeUInt32BE(1 << 20, 2);
@@ -319,8 +319,10 @@ describe('our HTTP/2 client (the stage links), frame by frame against a raw serv
     inc.writeUInt32BE(1 << 20);
     srv.send(Buffer.concat([frame(4, 0, 0, maxFrame), frame(8, 0, 0, inc), frame(8, 0, 1, inc)]));
     expect((await srv.framesOf(4, 1, 0x1))[0].payload.length).toBe(0); // our ack of its SETTINGS
-    st.write(Buffer.alloc(65_536, 2));
-    expect((await srv.framesOf(0, 4)).map((f) => f.payload.length)).toEqual([16_384, 16_384, 7_232, 65_536]);
+    st.writeParts([Buffer.alloc(5, 9), Buffer.alloc(65_536, 2)]);
+    const data = await srv.framesOf(0, 4);
+    expect(data.map((f) => f.payload.length)).toEqual([16_384, 16_384, 7_232, 65_541]);
+    expect(data[3].payload.equals(Buffer.concat([Buffer.alloc(5, 9), Buffer.alloc(65_536, 2)]))).toBe(true);
 
     // The response: headers, a message, a PING from the server (answered), ours (acknowledged), trailers.
     srv.send(Buffer.concat([

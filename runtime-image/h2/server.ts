@@ -104,10 +104,17 @@ export class H2Stream extends EventEmitter {
 
   /** Queues bytes for the stream; false when they (or earlier ones) wait for the peer's window or the socket. */
   write(data: Uint8Array | string): boolean {
+    return this.writeParts([typeof data === 'string' ? Buffer.from(data) : data]);
+  }
+
+  /**
+   * Queues pieces that belong together (a message's prefix, fields and tensor bytes) as one write:
+   * they leave in as few DATA frames as the windows allow, so the receiver gets the message whole.
+   */
+  writeParts(parts: readonly Uint8Array[]): boolean {
     if (this.destroyed || this.writableEnded) return false;
     if (!this.headersSent) this.respond({ ':status': 200 });
-    const bytes = typeof data === 'string' ? Buffer.from(data) : data;
-    if (bytes.length > 0) this.queue.push(bytes);
+    for (const bytes of parts) if (bytes.length > 0) this.queue.push(bytes);
     this.conn.flushStream(this);
     const ok = this.queue.length === 0 && !this.conn.socketBlocked;
     if (!ok) this.wantsDrain = true;
@@ -528,19 +535,27 @@ export class H2Connection {
   flushStream(st: H2Stream): void {
     if (st.destroyed) return;
     while (st.queue.length > 0) {
-      const chunk = st.queue[0];
-      const left = chunk.length - st.queueOffset;
-      const n = Math.min(left, st.sendWindow, this.sendWindow, this.peerMaxFrame);
-      if (n <= 0) return;
-      const lastByte = n === left && st.queue.length === 1;
-      const endHere = lastByte && st.writableEnded && !st.waitForTrailers;
-      this.queueFrame(DATA, endHere ? END_STREAM : 0, st.id, chunk.subarray(st.queueOffset, st.queueOffset + n));
+      const room = Math.min(st.sendWindow, this.sendWindow, this.peerMaxFrame);
+      if (room <= 0) return;
+      // One DATA frame of as many queued chunks as fit: a message written in pieces (prefix, fields,
+      // tensor bytes) arrives as one frame, which the receiver hands on without joining pieces.
+      const parts: Uint8Array[] = [];
+      let n = 0;
+      while (st.queue.length > 0 && n < room) {
+        const chunk = st.queue[0];
+        const left = chunk.length - st.queueOffset;
+        const k = Math.min(left, room - n);
+        parts.push(k === chunk.length ? chunk : chunk.subarray(st.queueOffset, st.queueOffset + k));
+        n += k;
+        if (k === left) {
+          st.queue.shift();
+          st.queueOffset = 0;
+        } else st.queueOffset += k;
+      }
+      const endHere = st.queue.length === 0 && st.writableEnded && !st.waitForTrailers;
+      this.queueFrame(DATA, endHere ? END_STREAM : 0, st.id, parts, n);
       st.sendWindow -= n;
       this.sendWindow -= n;
-      if (n === left) {
-        st.queue.shift();
-        st.queueOffset = 0;
-      } else st.queueOffset += n;
       if (endHere) {
         this.localEnd(st);
         return;
@@ -614,10 +629,13 @@ export class H2Connection {
     this.queueFrame(GOAWAY, 0, 0, p);
   }
 
-  private queueFrame(type: number, flags: number, stream: number, payload: Uint8Array): void {
-    this.out.push(frameHeader(payload.length, type, flags, stream));
-    if (payload.length > 0) this.out.push(payload);
-    this.outBytes += 9 + payload.length;
+  /** Queues a frame whose payload is `payload`, or the pieces `payload` of `length` bytes in all. */
+  private queueFrame(type: number, flags: number, stream: number, payload: Uint8Array | Uint8Array[], length = (payload as Uint8Array).length): void {
+    this.out.push(frameHeader(length, type, flags, stream));
+    if (Array.isArray(payload)) {
+      for (const part of payload) this.out.push(part);
+    } else if (length > 0) this.out.push(payload);
+    this.outBytes += 9 + length;
     this.scheduleFlush();
   }
 
