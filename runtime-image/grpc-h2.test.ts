@@ -1,10 +1,11 @@
 import { credentials, makeGenericClientConstructor, Metadata, status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Socket } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { type CallContext, createGrpcServer, deadlineOf, frameMessage, framed, GrpcStatus, GrpcWireError, MessageReader, type GrpcServer, type ServerStreamCall } from './grpc-h2.js';
 import { FORWARD_PATH, splitAddress, StageLink } from './pipeline/stage-link.js';
 import { decodeStageMessage, frameStageReply } from './pipeline/codec.js';
+import { encodeHeaders } from './h2/hpack.js';
 
 const id = (b: Buffer) => b;
 const defs = {
@@ -303,5 +304,64 @@ describe('StageLink on the rank transport', () => {
     expect((await again).outputs[0].shape).toEqual([2]);
     link.close();
     await server.close(100);
+  });
+
+  /** A TCP server that takes connections and, with `answer`, answers the call's headers and nothing more (no PING acks). */
+  async function mutePeer(answer: boolean) {
+    const sockets: Socket[] = [];
+    const server = createNetServer((socket) => {
+      sockets.push(socket);
+      socket.on('error', () => undefined);
+      let seen = Buffer.alloc(0);
+      socket.on('data', (d: Buffer) => {
+        seen = Buffer.concat([seen, d]);
+        // Past the 24-byte preface, the client's HEADERS frame (type 1) on stream 1: answer 200.
+        if (!answer || seen.length < 24 + 9) return;
+        for (let at = 24; at + 9 <= seen.length; at += 9 + seen.readUIntBE(at, 3)) {
+          if (seen[at + 3] !== 1) continue;
+          const block = encodeHeaders([[':status', '200'], ['content-type', 'application/grpc']]);
+          const head = Buffer.alloc(9);
+          head.writeUIntBE(block.length, 0, 3);
+          head[3] = 1;
+          head[4] = 0x4;
+          head.writeUInt32BE(1, 5);
+          socket.write(Buffer.concat([Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]), head, block]));
+          answer = false; // once per connection is enough for this test's purpose
+          break;
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return { port: (server.address() as AddressInfo).port, sockets, close: () => { sockets.forEach((s) => s.destroy()); server.close(); } };
+  }
+
+  it('does not connect to a peer that takes the TCP connection but never answers the call: requests fail at once, and it keeps retrying', async () => {
+    const peer = await mutePeer(false);
+    const link = new StageLink({ address: `127.0.0.1:${peer.port}`, toStage: 1, connectTimeoutMs: 150 });
+    link.start();
+    for (let i = 0; i < 200 && peer.sockets.length < 3; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(peer.sockets.length).toBeGreaterThanOrEqual(3); // given up after 150 ms each time, then tried again
+    expect(link.connected).toBe(false);
+    const t0 = Date.now();
+    await expect(link.send([tensor], [], Date.now() + 30_000)).rejects.toMatchObject({ kind: 'Unavailable', message: `stage 1 at 127.0.0.1:${peer.port} is not connected` });
+    expect(Date.now() - t0).toBeLessThan(100);
+    link.close();
+    peer.close();
+  });
+
+  it('counts a link whose PINGs go unanswered as broken: its requests fail with Unavailable, and it reconnects', async () => {
+    const peer = await mutePeer(true);
+    const link = new StageLink({ address: `127.0.0.1:${peer.port}`, toStage: 1, keepaliveMs: 100, keepaliveTimeoutMs: 150 });
+    const up = new Promise<void>((r) => link.once('connected', () => r()));
+    link.start();
+    await up;
+    const t0 = Date.now();
+    // The peer never answers this request, nor the PING that follows within 100 ms.
+    await expect(link.send([tensor], [], Date.now() + 30_000)).rejects.toMatchObject({ kind: 'Unavailable', message: `stage 1 at 127.0.0.1:${peer.port} is unreachable: no ping answer within 150 ms` });
+    expect(Date.now() - t0).toBeLessThan(2_000);
+    for (let i = 0; i < 200 && peer.sockets.length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(peer.sockets.length).toBeGreaterThanOrEqual(2);
+    link.close();
+    peer.close();
   });
 });

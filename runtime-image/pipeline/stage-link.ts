@@ -16,6 +16,12 @@ export interface StageLinkOptions {
   window?: number;
   maxMessageBytes?: number;
   log?: (line: string) => void;
+  /** A PING every this many ms (default 10 s)... */
+  keepaliveMs?: number;
+  /** ...unanswered for this long (default 5 s) counts as a broken link. */
+  keepaliveTimeoutMs?: number;
+  /** TCP connection and the call's response headers within this long (default 1 s), else retry. */
+  connectTimeoutMs?: number;
 }
 
 export interface StageResult {
@@ -30,9 +36,6 @@ interface Pending {
 }
 
 export const FORWARD_PATH = '/shardserve.rank.v1.StageService/Forward';
-const CONNECT_TIMEOUT_MS = 1_000;
-const KEEPALIVE_MS = 10_000;
-const KEEPALIVE_TIMEOUT_MS = 5_000;
 
 /**
  * The link from this stage to the next: one bidirectional gRPC call (StageService.Forward) on one
@@ -91,7 +94,8 @@ export class StageLink extends EventEmitter {
     };
     const connection = connectH2(host, port, H2_SETTINGS, { onGoaway: () => gone('the peer is going away') });
     this.connection = connection;
-    const timer = setTimeout(() => gone(`no connection within ${CONNECT_TIMEOUT_MS} ms`), CONNECT_TIMEOUT_MS);
+    const connectMs = this.opts.connectTimeoutMs ?? 1_000;
+    const timer = setTimeout(() => gone(`no connection within ${connectMs} ms`), connectMs);
     const socket = connection.socket;
     socket.on('error', (e: Error) => gone(e.message));
     socket.on('close', () => gone('connection closed'));
@@ -109,10 +113,11 @@ export class StageLink extends EventEmitter {
         opened = true;
         this.connected = true;
         this.backoffMs = 50;
+        const answerMs = this.opts.keepaliveTimeoutMs ?? 5_000;
         this.keepalive = setInterval(() => {
-          const t = setTimeout(() => gone(`no ping answer within ${KEEPALIVE_TIMEOUT_MS} ms`), KEEPALIVE_TIMEOUT_MS);
+          const t = setTimeout(() => gone(`no ping answer within ${answerMs} ms`), answerMs);
           connection.ping(() => clearTimeout(t));
-        }, KEEPALIVE_MS);
+        }, this.opts.keepaliveMs ?? 10_000);
         this.keepalive.unref();
         this.emit('connected');
       });
