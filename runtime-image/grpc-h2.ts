@@ -9,7 +9,7 @@ import type * as net from 'node:net';
 import { gunzipSync, inflateSync } from 'node:zlib';
 import { CancelSource, type CancelSignal } from './cancel.js';
 import { ChunkQueue } from './h2/chunks.js';
-import { closeWithGrace, createH2Server, H2Error, type H2Settings, listenOn } from './h2/server.js';
+import { createH2Server, H2Error, type H2Settings } from './h2/server.js';
 
 /** gRPC status codes used here. */
 export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;

@@ -19,6 +19,8 @@ export interface OpenCheckpointOptions {
   manifest?: boolean;
   /** Where a stale-manifest warning goes (default: stderr). */
   warn?: (message: string) => void;
+  /** .ckpt: where records probably start, read ahead all at once (see IndexCkptOptions.prefetchRecords). */
+  prefetchRecords?: readonly number[];
 }
 
 const defaultWarn = (m: string) => process.stderr.write(`shardserve: warning: ${m}\n`);
@@ -74,7 +76,7 @@ export async function openCheckpointObject(storage: Storage, key: string, opts: 
     const format = want ?? (await detectFormat(source, key));
     return format === 'safetensors'
       ? await indexSafetensors(source, { verifyCrc: opts.verifyCrc })
-      : await indexCkpt(source, { decryption: opts.decryption, verifyCrc: opts.verifyCrc });
+      : await indexCkpt(source, { decryption: opts.decryption, verifyCrc: opts.verifyCrc, prefetchRecords: opts.prefetchRecords });
   } catch (e) {
     await source.close().catch(() => {});
     throw e;

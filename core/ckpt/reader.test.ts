@@ -103,6 +103,37 @@ describe('indexCkpt reads only record headers', () => {
     expect(src.bytesRead).toBeLessThanOrEqual(200 * 4096 + 17 + 4); // + the trailer probe and the cipher-magic probe
     expect(src.bytesRead / src.size).toBeLessThan(0.07);
   });
+
+  it('with prefetchRecords, asks for every header window at once; a wrong or partial guess costs spare reads, never a different index', async () => {
+    const payload = new Uint8Array(64 * 1024);
+    const records = Array.from({ length: 40 }, (_, i) => ckptRecord(`layer${i}.weight`, 'Float32', [128, 128], payload.fill(i)));
+    // A source whose reads all take a turn of the event loop, counting how many are in flight at once.
+    const inner = file(...records);
+    let inFlight = 0;
+    let most = 0;
+    let reads = 0;
+    const slow = { uri: inner.uri, size: inner.size, get bytesRead() { return inner.bytesRead; }, close: () => inner.close(), read: async (offset: number, length: number) => {
+      reads++;
+      most = Math.max(most, ++inFlight);
+      await new Promise((r) => setImmediate(r));
+      inFlight--;
+      return inner.read(offset, length);
+    } };
+    const plain = await indexCkpt(slow);
+    expect(most).toBe(1); // one header after the other
+    const starts = [0, ...[...plain.tensors.values()].map((t) => t.pieces[0].offset + t.pieces[0].length)];
+    most = 0;
+    reads = 0;
+    const ahead = await indexCkpt(slow, { prefetchRecords: starts });
+    expect(most).toBeGreaterThanOrEqual(40); // every record's window requested before the walk needs it
+    expect(reads).toBe(40 + 2); // the windows, plus the trailer and cipher-magic probes: none read twice
+    expect(ahead.tensors).toEqual(plain.tensors);
+    // A guess from a file laid out differently: every offset off by 3 bytes, half of them missing.
+    reads = 0;
+    const wrong = await indexCkpt(slow, { prefetchRecords: starts.filter((_, i) => i % 2).map((o) => o + 3) });
+    expect(wrong.tensors).toEqual(plain.tensors);
+    expect(reads).toBe(20 + 40 + 2);
+  });
 });
 
 describe('crc32Fallback (Node < 20.15)', () => {

@@ -12,6 +12,13 @@ import {
 export interface IndexCkptOptions {
   decryption?: DecryptionOptions;
   verifyCrc?: boolean;
+  /**
+   * Where records probably start (those of a sibling file with the same layout, e.g. another rank
+   * of the same training job): their header windows are fetched all at once instead of one after
+   * the other. Only the order of reads changes: the walk checks every record as usual, and a wrong
+   * guess costs a few spare header reads. Ignored for encrypted files.
+   */
+  prefetchRecords?: readonly number[];
 }
 
 /** Bytes fetched per record header; a MindSpore header (tag, dims, type) is ~100 bytes. */
@@ -65,6 +72,7 @@ export async function indexCkpt(source: ByteSource, opts: IndexCkptOptions = {})
   if (walkEnd === 0) throw new ShardserveError('EmptyFile', `${uri}: checkpoint holds no records`, { file: uri });
 
   const records = new RecordWalker(walkSource, walkEnd);
+  if (opts.prefetchRecords && walkSource === source) records.prefetch(opts.prefetchRecords);
   const builder = new EntryBuilder(uri, walkSource, notes);
   try {
     for (let pos = 0; pos < walkEnd; ) {
@@ -106,15 +114,30 @@ interface CkptRecord {
 class RecordWalker {
   private buf: Uint8Array = new Uint8Array(0);
   private base = 0;
+  /** Header windows asked for ahead of the walk, by offset (see prefetch). */
+  private readonly ahead = new Map<number, Promise<Uint8Array>>();
 
   constructor(private readonly source: ByteSource, private readonly end: number) {}
+
+  /** Starts reading the header windows at these offsets, all at once; the walk takes them as it gets there. */
+  prefetch(offsets: readonly number[]): void {
+    for (const pos of offsets) {
+      if (pos < 0 || pos >= this.end || this.ahead.has(pos)) continue;
+      const p = this.source.read(pos, Math.min(HEADER_WINDOW, this.end - pos));
+      p.catch(() => {}); // a failed read ahead is read again, and reported, by the walk
+      this.ahead.set(pos, p);
+    }
+  }
 
   /** Exactly `n` bytes at `pos`, from the window when it covers them. */
   private async bytes(pos: number, n: number): Promise<Uint8Array> {
     if (pos < this.base || pos + n > this.base + this.buf.length) {
       const len = Math.min(Math.max(n, HEADER_WINDOW), this.end - pos);
       if (len < n) throw new WireError('record runs past the end of the file', pos);
-      this.buf = this.source.readSync ? this.source.readSync(pos, len) : await this.source.read(pos, len);
+      const early = this.ahead.get(pos);
+      this.ahead.delete(pos);
+      const got = early ? await early.catch(() => undefined) : undefined;
+      this.buf = got && got.length >= n ? got : this.source.readSync ? this.source.readSync(pos, len) : await this.source.read(pos, len);
       this.base = pos;
     }
     return this.buf.subarray(pos - this.base, pos - this.base + n);

@@ -93,13 +93,17 @@ export class CheckpointSource {
     return new CheckpointSource(storage, strategy, rankKeys, opts);
   }
 
-  /** The index of one training rank's file (undefined when the rank directory is missing). */
-  index(rank: number): Promise<CheckpointIndex> | undefined {
+  /**
+   * The index of one training rank's file (undefined when the rank directory is missing). `like`, a
+   * file of the same job already indexed, tells where its records probably start: their headers are
+   * then read all at once rather than one after the other (the index is checked as usual).
+   */
+  index(rank: number, like?: CheckpointIndex): Promise<CheckpointIndex> | undefined {
     const key = this.rankKeys.get(rank);
     if (key === undefined) return undefined;
     let p = this.indexes.get(rank);
     if (!p) {
-      p = openCheckpointObject(this.storage, key, { format: this.opts.sourceFormat, decryption: this.opts.decryption, verifyCrc: this.opts.verifyCrc });
+      p = openCheckpointObject(this.storage, key, { format: this.opts.sourceFormat, decryption: this.opts.decryption, verifyCrc: this.opts.verifyCrc, prefetchRecords: like && recordStartsOf(like) });
       p.catch(() => {});
       this.indexes.set(rank, p);
     }
@@ -109,8 +113,9 @@ export class CheckpointSource {
   /**
    * Indexes of the given present ranks, 8 at a time. When files fail, the error is that of the
    * lowest failing rank, whichever finished first: the same input always gives the same message.
+   * `likeOf(rank)`: an indexed file laid out like that rank's, if any (see `index`).
    */
-  async indexesOf(ranks: readonly number[]): Promise<Map<number, CheckpointIndex>> {
+  async indexesOf(ranks: readonly number[], likeOf?: (rank: number) => CheckpointIndex | undefined): Promise<Map<number, CheckpointIndex>> {
     const sorted = [...ranks].sort((a, b) => a - b);
     const indexes = new Map<number, CheckpointIndex>();
     const failures = new Map<number, unknown>();
@@ -119,7 +124,7 @@ export class CheckpointSource {
       while (next < sorted.length && failures.size === 0) {
         const rank = sorted[next++];
         try {
-          indexes.set(rank, await this.index(rank)!);
+          indexes.set(rank, await this.index(rank, likeOf?.(rank))!);
         } catch (e) {
           failures.set(rank, e);
         }
@@ -200,6 +205,17 @@ export class CheckpointSource {
       }
     }
   }
+}
+
+/**
+ * Where the records of a plain .ckpt laid out like `index` start: the file's start and the end of
+ * each tensor payload (MindSpore writes a record's tensor_content last). Undefined for other files.
+ */
+function recordStartsOf(index: CheckpointIndex): number[] | undefined {
+  if (index.format !== 'mindspore-ckpt' || index.encryption !== 'none') return undefined;
+  const starts = [0];
+  for (const t of index.tensors.values()) for (const p of t.pieces) starts.push(p.offset + p.length);
+  return starts;
 }
 
 export interface DestinationChoice {

@@ -207,7 +207,7 @@ export class H2Connection {
     this.decoder = new HpackDecoder(4096, settings.maxHeaderListSize);
     this.recvWindow = settings.connectionWindowSize;
     socket.setNoDelay(true);
-    // A client does not push-promise-receive (ENABLE_PUSH 0); a server limits the client's streams.
+    // A client refuses server push (ENABLE_PUSH 0); a server limits the client's concurrent streams.
     const ours = [[this.isClient ? 0x2 : 0x3, this.isClient ? 0 : settings.maxConcurrentStreams], [0x4, settings.initialWindowSize], [0x5, settings.maxFrameSize], [0x6, settings.maxHeaderListSize]];
     const s = Buffer.alloc(6 * ours.length);
     ours.forEach(([id, v], i) => {
@@ -728,7 +728,7 @@ export function connectH2(host: string, port: number, settings: H2Settings, even
 }
 
 /** `server.listen(port, host)`; resolves with the bound port, rejects when listening fails. */
-export function listenOn(server: net.Server, host: string, port: number): Promise<number> {
+function listenOn(server: net.Server, host: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (e: Error) => reject(e);
     server.once('error', onError);
@@ -744,7 +744,7 @@ export function listenOn(server: net.Server, host: string, port: number): Promis
  * Stops accepting, asks every connection to go (`goaway`: the calls in flight finish), and drops
  * what is left after `graceMs` (`destroy`); resolves once the server has closed.
  */
-export async function closeWithGrace(server: net.Server, graceMs: number, goaway: () => void, destroy: () => void): Promise<void> {
+async function closeWithGrace(server: net.Server, graceMs: number, goaway: () => void, destroy: () => void): Promise<void> {
   const closed = new Promise<void>((r) => server.close(() => r()));
   goaway();
   const timer = setTimeout(destroy, graceMs);
