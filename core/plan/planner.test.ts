@@ -60,6 +60,20 @@ describe('planning one destination rank', () => {
     expect(plan.tensors.find((t) => t.name === 'v')!.copies.map((c) => c.counts)).toEqual([[4], [4]]);
   });
 
+  it('parameters that share a layout (layers) get the same plan each, in arrays of their own', async () => {
+    const layer = (i: number) => ({ [`l${i}.w`]: layoutOf([8], [0, -1]), [`l${i}.v`]: layoutOf([8], [-1, 0]) });
+    const src = strategyOf([{ ...layer(0), ...layer(1), ...layer(2) }]);
+    const dst = strategyOf([{ ...Object.fromEntries(Object.keys({ ...layer(0), ...layer(1), ...layer(2) }).map((n) => [n, layoutOf([4], n.endsWith('w') ? [0, -1] : [-1, 0])])) }]);
+    const full = [0, 1, 2].flatMap((i) => [{ ...w, name: `l${i}.w`, data: ramp(64 * 16).map((x) => x ^ i) }, { ...v, name: `l${i}.v`, data: ramp(4 * 128).map((x) => x ^ i) }]);
+    const { plan, out } = await run(src, shardedFiles(src, full), { kind: 'strategy', strategy: dst }, 1);
+    for (const t of full) expect(out.get(t.name), t.name).toEqual(extractBox(t.data, t.shape, t.name.endsWith('w') ? { offsets: [16, 0], sizes: [16, 4] } : { offsets: [0, 16], sizes: [4, 16] }, DTYPE_BYTES[t.dtype]));
+    const ws = plan.tensors.filter((t) => t.name.endsWith('.w'));
+    expect(ws.map((t) => t.box)).toEqual([0, 1, 2].map(() => ({ offsets: [16, 0], sizes: [16, 4] })));
+    ws[0].shape.push(99);
+    ws[0].box.offsets[0] = -1;
+    expect([ws[1].shape, ws[1].box.offsets]).toEqual([[16, 4], [16, 0]]);
+  });
+
   it('merge rebuilds full tensors across pieces split like .ckpt records', async () => {
     const indexes = shardedFiles(tp8, [w, v], true);
     const { plan, out } = await run(tp8, indexes, { kind: 'single' }, 0);

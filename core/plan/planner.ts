@@ -132,6 +132,15 @@ export function planRank(input: PlanInput): ReadPlan {
   const notes: string[] = [];
   const tensors: TensorPlan[] = [];
   const stageDevices = source.stageDevices;
+  // Layers repeat their layouts: the pieces of a (layout, shape) and a destination box are computed
+  // once per plan, not once per parameter (they do not depend on its name; errors are not cached).
+  const memo = new Map<string, unknown>();
+  const once = <T>(key: string, make: () => T): T => {
+    if (memo.has(key)) return memo.get(key) as T;
+    const value = make();
+    memo.set(key, value);
+    return value;
+  };
 
   for (const { name, layout: dstLayout } of destinationParams(input, stage)) {
     const srcStage = sourceStageOf(source, name, stage);
@@ -185,7 +194,9 @@ export function planRank(input: PlanInput): ReadPlan {
     }
     const shape = fullShape;
     const elemBytes = DTYPE_BYTES[dtype];
-    const dstBox = dstLayout ? rankBox(dstLayout, shape, local, { param: name, file: destination.kind === 'strategy' ? destination.strategy.uri : undefined }) : { offsets: shape.map(() => 0), sizes: [...shape] };
+    const shared = dstLayout && once(`box ${JSON.stringify(dstLayout)} ${shape}`, () => rankBox(dstLayout, shape, local, { param: name, file: destination.kind === 'strategy' ? destination.strategy.uri : undefined }));
+    // Each tensor gets arrays of its own (its plan entry is handed out).
+    const dstBox: Box = shared ? { offsets: [...shared.offsets], sizes: [...shared.sizes] } : { offsets: shape.map(() => 0), sizes: [...shape] };
     const copies: CopyOp[] = [];
     // A field-split source is planned in the view where it is an ordinary layout (same bytes).
     let viewLayout = srcLayout;
@@ -198,7 +209,7 @@ export function planRank(input: PlanInput): ReadPlan {
       ({ layout: viewLayout, fullShape: viewShape } = fieldView(srcLayout, shape, { param: name, file: source.uri }));
       viewDst = { offsets: [0, 0, ...dstBox.offsets.slice(1)], sizes: [viewShape[0], viewShape[1], ...dstBox.sizes.slice(1)] };
     }
-    const pieces = distinctPieces(viewLayout, viewShape, { param: name, file: source.uri });
+    const pieces = once(`pieces ${JSON.stringify(viewLayout)} ${viewShape}`, () => distinctPieces(viewLayout, viewShape, { param: name, file: source.uri }));
     for (const piece of pieces) {
       const overlap = intersectBoxes(piece.box, viewDst);
       if (!overlap || product(overlap.sizes) === 0) continue;
