@@ -21,39 +21,54 @@ function frame(type: number, flags: number, stream: number, payload: Buffer = Bu
 
 interface Frame { type: number; flags: number; stream: number; payload: Buffer }
 
-/** A raw HTTP/2 client: sends bytes, collects the frames the server sends, and whether it closed. */
-async function rawClient(port: number) {
-  const socket = net.connect(port, '127.0.0.1');
-  await new Promise((r) => socket.once('connect', r));
+/** The frames in the bytes one end receives, whether its socket closed, and a way to wait for either. */
+function frameCollector() {
   const frames: Frame[] = [];
   let buf = Buffer.alloc(0);
   let closed = false;
   const waiters: (() => void)[] = [];
   const wake = () => waiters.splice(0).forEach((w) => w());
-  socket.on('data', (d) => {
-    buf = Buffer.concat([buf, d]);
-    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
-      const len = buf.readUIntBE(0, 3);
-      frames.push({ type: buf[3], flags: buf[4], stream: buf.readUInt32BE(5), payload: buf.subarray(9, 9 + len) });
-      buf = buf.subarray(9 + len);
-    }
-    wake();
-  });
-  socket.on('error', () => undefined);
-  socket.on('close', () => {
-    closed = true;
-    wake();
-  });
-  const until = async (what: string, ok: () => boolean) => {
-    const deadline = Date.now() + 5_000;
-    while (!ok()) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; frames: ${JSON.stringify(frames.map((f) => [f.type, f.flags, f.stream]))}`);
-      await new Promise<void>((r) => {
-        waiters.push(r);
-        setTimeout(r, 50);
-      });
-    }
+  return {
+    frames,
+    get closed() {
+      return closed;
+    },
+    push(d: Buffer) {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+        const len = buf.readUIntBE(0, 3);
+        frames.push({ type: buf[3], flags: buf[4], stream: buf.readUInt32BE(5), payload: buf.subarray(9, 9 + len) });
+        buf = buf.subarray(9 + len);
+      }
+      wake();
+    },
+    close() {
+      closed = true;
+      wake();
+    },
+    async until(what: string, ok: () => boolean) {
+      const deadline = Date.now() + 5_000;
+      while (!ok()) {
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; frames: ${JSON.stringify(frames.map((f) => [f.type, f.flags, f.stream, f.payload.length]))}`);
+        await new Promise<void>((r) => {
+          waiters.push(r);
+          setTimeout(r, 50);
+        });
+      }
+    },
   };
+}
+
+/** A raw HTTP/2 client: sends bytes, collects the frames the server sends, and whether it closed. */
+async function rawClient(port: number) {
+  const socket = net.connect(port, '127.0.0.1');
+  await new Promise((r) => socket.once('connect', r));
+  const got = frameCollector();
+  const { frames } = got;
+  socket.on('data', (d) => got.push(d));
+  socket.on('error', () => undefined);
+  socket.on('close', () => got.close());
+  const until = (what: string, ok: () => boolean) => got.until(what, ok);
   return {
     socket,
     frames,
@@ -61,7 +76,7 @@ async function rawClient(port: number) {
     frame: (type: number, stream?: number) => until(`frame type ${type}`, () => frames.some((f) => f.type === type && (stream === undefined || f.stream === stream))).then(() => frames.find((f) => f.type === type && (stream === undefined || f.stream === stream))!),
     /** Every frame of `type` on `stream`, once there are `n`. */
     frames_: (type: number, stream: number, n: number) => until(`${n} frames of type ${type}`, () => frames.filter((f) => f.type === type && f.stream === stream).length >= n).then(() => frames.filter((f) => f.type === type && f.stream === stream)),
-    closed: () => until('the server to close the connection', () => closed),
+    closed: () => until('the server to close the connection', () => got.closed),
   };
 }
 
@@ -226,45 +241,24 @@ describe('our HTTP/2 server, frame by frame', () => {
 
 /** A raw HTTP/2 server: accepts one connection, checks the client preface, collects its frames. */
 async function rawServer() {
-  const frames: Frame[] = [];
+  const got = frameCollector();
+  const { frames } = got;
   let socket: net.Socket | undefined;
   let preface: boolean | undefined;
-  let closed = false;
-  let buf = Buffer.alloc(0);
-  const waiters: (() => void)[] = [];
-  const wake = () => waiters.splice(0).forEach((w) => w());
+  let head = Buffer.alloc(0);
   const server = net.createServer((s) => {
     socket = s;
-    s.on('data', (d) => {
-      buf = Buffer.concat([buf, d]);
-      if (preface === undefined && buf.length >= PREFACE.length) {
-        preface = buf.subarray(0, PREFACE.length).equals(PREFACE);
-        buf = buf.subarray(PREFACE.length);
-      }
-      while (preface && buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
-        const len = buf.readUIntBE(0, 3);
-        frames.push({ type: buf[3], flags: buf[4], stream: buf.readUInt32BE(5), payload: buf.subarray(9, 9 + len) });
-        buf = buf.subarray(9 + len);
-      }
-      wake();
+    s.on('data', (d: Buffer) => {
+      if (preface !== undefined) return got.push(d);
+      head = Buffer.concat([head, d]);
+      if (head.length < PREFACE.length) return;
+      preface = head.subarray(0, PREFACE.length).equals(PREFACE);
+      if (preface) got.push(head.subarray(PREFACE.length));
     });
     s.on('error', () => undefined);
-    s.on('close', () => {
-      closed = true;
-      wake();
-    });
+    s.on('close', () => got.close());
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const until = async (what: string, ok: () => boolean) => {
-    const deadline = Date.now() + 5_000;
-    while (!ok()) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; frames: ${JSON.stringify(frames.map((f) => [f.type, f.flags, f.stream, f.payload.length]))}`);
-      await new Promise<void>((r) => {
-        waiters.push(r);
-        setTimeout(r, 50);
-      });
-    }
-  };
   const matching = (type: number, flags?: number) => frames.filter((f) => f.type === type && (flags === undefined || (f.flags & flags) === flags));
   return {
     port: (server.address() as net.AddressInfo).port,
@@ -272,8 +266,8 @@ async function rawServer() {
     preface: () => preface,
     send: (b: Buffer) => socket!.write(b),
     /** Every frame of `type` (with `flags` set), once there are `n`. */
-    framesOf: (type: number, n: number, flags?: number) => until(`${n} frames of type ${type}`, () => matching(type, flags).length >= n).then(() => matching(type, flags)),
-    closed: () => until('the client to close the connection', () => closed),
+    framesOf: (type: number, n: number, flags?: number) => got.until(`${n} frames of type ${type}`, () => matching(type, flags).length >= n).then(() => matching(type, flags)),
+    closed: () => got.until('the client to close the connection', () => got.closed),
     close: () => {
       socket?.destroy();
       server.close();
