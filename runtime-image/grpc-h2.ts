@@ -2,8 +2,9 @@
 // grpc-js, on our own HTTP/2 (h2/): createGrpcServer serves the OIP front door and the rank port (any
 // gRPC client talks to it: tritonclient, grpc-js), and the stage links are its client (StageLink).
 // Every request pays it: measured on loopback (2-core machine), a unary echo from a bare node:http2
-// client takes 0.17 ms p50 on our server against 0.20 on node:http2 and 0.25 on grpc-js (bench:serve's
-// floor). Requests compressed with gzip or deflate are accepted; replies are not compressed.
+// client takes 0.16-0.17 ms p50 on our server against 0.24-0.28 on grpc-js's (bench:serve's floor;
+// 0.20 on a node:http2 server, when the rank port still used one). Requests compressed with gzip or
+// deflate are accepted; replies are not compressed.
 import { EventEmitter } from 'node:events';
 import type * as net from 'node:net';
 import { gunzipSync, inflateSync } from 'node:zlib';
