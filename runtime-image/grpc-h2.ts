@@ -6,11 +6,11 @@
 // 0.20 on a node:http2 server, when the rank port still used one). Requests compressed with gzip or
 // deflate are accepted; replies are not compressed.
 import { EventEmitter } from 'node:events';
-import type * as net from 'node:net';
 import { gunzipSync, inflateSync } from 'node:zlib';
 import { CancelSource, type CancelSignal } from './cancel.js';
 import { ChunkQueue } from './h2/chunks.js';
-import { createH2Server, H2Error, type H2Settings } from './h2/server.js';
+import type { HeaderFields } from './h2/hpack.js';
+import { createH2Server, H2Error, type H2Server, type H2Settings, type H2Stream } from './h2/server.js';
 
 /** gRPC status codes used here. */
 export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
@@ -56,7 +56,7 @@ export function framed(body: Uint8Array): Framed {
 }
 
 /** Writes a framed message (and ends the stream after it when `end`); false when the stream wants a pause. */
-export function writeFramed(stream: { write(chunk: Uint8Array): boolean; writeParts(parts: readonly Uint8Array[]): boolean; end(chunk?: Uint8Array): void }, message: Framed, end: boolean): boolean {
+export function writeFramed(stream: H2Stream, message: Framed, end: boolean): boolean {
   if (Buffer.isBuffer(message)) {
     if (end) stream.end(message);
     return end || stream.write(message);
@@ -121,28 +121,8 @@ export interface ServerStreamCall<Req, Res> extends EventEmitter {
   on(event: 'end' | 'cancelled', listener: () => void): this;
 }
 
-/** The part of a server-side HTTP/2 stream (h2/server.ts's H2Stream) the gRPC calls use. */
-export interface GrpcServerStream {
-  readonly destroyed: boolean;
-  readonly headersSent: boolean;
-  readonly writableEnded: boolean;
-  /** The RST_STREAM code the stream closed with (0 = NO_ERROR). */
-  readonly rstCode: number;
-  respond(headers: Record<string, string | number>, opts?: { endStream?: boolean; waitForTrailers?: boolean }): void;
-  write(chunk: Uint8Array): boolean;
-  writeParts(parts: readonly Uint8Array[]): boolean;
-  end(chunk?: Uint8Array | string): void;
-  sendTrailers(headers: Record<string, string>): void;
-  /** Resets the stream with RST_STREAM `code`. */
-  close(code?: number): void;
-  resume(): unknown;
-  on(event: 'data', listener: (chunk: Buffer) => void): this;
-  on(event: 'end' | 'close', listener: () => void): this;
-  once(event: 'wantTrailers', listener: () => void): this;
-}
-
-/** Request headers as either transport gives them. */
-type RequestHeaders = Record<string, string | string[] | undefined>;
+/** Request headers as the transport gives them. */
+type RequestHeaders = HeaderFields;
 
 /** What a handler knows of its call: the client's deadline (grpc-timeout) and its cancellation. */
 export interface CallContext {
@@ -169,13 +149,8 @@ export function deadlineOf(timeout: unknown, now = Date.now()): number | undefin
   return now + Number(m[1]) * unitMs;
 }
 
-export interface GrpcServer {
-  server: net.Server;
-  /** Listen on host:port; resolves with the bound port. */
-  listen(host: string, port: number): Promise<number>;
-  /** Stop accepting, ask every client to go (GOAWAY), and after `graceMs` drop what is left. */
-  close(graceMs?: number): Promise<void>;
-}
+/** A gRPC server is an HTTP/2 server whose streams are calls. */
+export type GrpcServer = H2Server;
 
 /** grpc-message as the gRPC spec wants it: bytes outside printable ASCII, and '%', as %XX. */
 export function encodeGrpcMessage(message: string): string {
@@ -193,13 +168,13 @@ export function decodeGrpcMessage(value: unknown): string {
   }
 }
 
-function trailersOnly(stream: GrpcServerStream, code: number, message: string): void {
+function trailersOnly(stream: H2Stream, code: number, message: string): void {
   if (stream.destroyed || stream.headersSent) return;
   stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeGrpcMessage(message) }, { endStream: true });
 }
 
 /** Checks a request's method and content type, finds its handler and starts the call. */
-function startCall(stream: GrpcServerStream, headers: RequestHeaders, methods: Record<string, MethodHandler>, maxBytes: number): void {
+function startCall(stream: H2Stream, headers: RequestHeaders, methods: Record<string, MethodHandler>, maxBytes: number): void {
   const contentType = String(headers['content-type'] ?? '');
   if (headers[':method'] !== 'POST' || !contentType.startsWith('application/grpc')) {
     stream.respond({ ':status': 415, 'content-type': 'text/plain' });
@@ -224,7 +199,7 @@ function codeOf(e: unknown): [number, string] {
 }
 
 /** Unary and server-streaming calls: one request message, then the handler. */
-function serveOneRequest(stream: GrpcServerStream, method: Exclude<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined, deadline: number | undefined): void {
+function serveOneRequest(stream: H2Stream, method: Exclude<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined, deadline: number | undefined): void {
   let request: Buffer | undefined;
   let count = 0;
   const reader = new MessageReader(maxBytes, (b) => {
@@ -281,7 +256,7 @@ function serveOneRequest(stream: GrpcServerStream, method: Exclude<MethodHandler
   });
 }
 
-function streamReplies(stream: GrpcServerStream, method: Extract<MethodHandler, { kind: 'serverStream' }>, request: unknown, ctx: CallContext, finish: () => void): void {
+function streamReplies(stream: H2Stream, method: Extract<MethodHandler, { kind: 'serverStream' }>, request: unknown, ctx: CallContext, finish: () => void): void {
   const call = new EventEmitter() as ServerStreamCall<never, any>;
   stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-accept-encoding': ACCEPT_ENCODING }, { waitForTrailers: true });
   stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
@@ -294,7 +269,7 @@ function streamReplies(stream: GrpcServerStream, method: Extract<MethodHandler, 
   method.open(request, call, ctx);
 }
 
-function serveBidi(stream: GrpcServerStream, method: Extract<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined): void {
+function serveBidi(stream: H2Stream, method: Extract<MethodHandler, { kind: 'bidi' }>, maxBytes: number, encoding: string | undefined): void {
   const call = new EventEmitter() as ServerStreamCall<any, any>;
   let done = false;
   let trailersSent = false;

@@ -140,10 +140,6 @@ export class H2Stream extends EventEmitter {
     if (this.destroyed) return;
     this.conn.reset(this, code);
   }
-
-  resume(): this {
-    return this;
-  }
 }
 
 function frameHeader(length: number, type: number, flags: number, stream: number): Buffer {
@@ -711,10 +707,24 @@ export function createH2Server(settings: H2Settings, onStream: (stream: H2Stream
   });
   return {
     server,
-    listen: (host, port) => listenOn(server, host, port),
-    close: (graceMs = 1_000) => {
+    listen: (host, port) => new Promise((resolve, reject) => {
+      const onError = (e: Error) => reject(e);
+      server.once('error', onError);
+      server.listen(port, host, () => {
+        server.off('error', onError);
+        const a = server.address();
+        resolve(typeof a === 'object' && a ? a.port : port);
+      });
+    }),
+    close: async (graceMs = 1_000) => {
       closing = true;
-      return closeWithGrace(server, graceMs, () => connections.forEach((c) => c.goaway()), () => connections.forEach((c) => c.destroy()));
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      for (const c of connections) c.goaway();
+      const timer = setTimeout(() => {
+        for (const c of connections) c.destroy();
+      }, graceMs);
+      await closed;
+      clearTimeout(timer);
     },
   };
 }
@@ -725,29 +735,4 @@ export function createH2Server(settings: H2Settings, onStream: (stream: H2Stream
  */
 export function connectH2(host: string, port: number, settings: H2Settings, events: Omit<H2ConnectionEvents, 'onStream'> = {}): H2Connection {
   return new H2Connection(net.connect(port, host), settings, { onGoaway: events.onGoaway });
-}
-
-/** `server.listen(port, host)`; resolves with the bound port, rejects when listening fails. */
-function listenOn(server: net.Server, host: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const onError = (e: Error) => reject(e);
-    server.once('error', onError);
-    server.listen(port, host, () => {
-      server.off('error', onError);
-      const a = server.address();
-      resolve(typeof a === 'object' && a ? a.port : port);
-    });
-  });
-}
-
-/**
- * Stops accepting, asks every connection to go (`goaway`: the calls in flight finish), and drops
- * what is left after `graceMs` (`destroy`); resolves once the server has closed.
- */
-async function closeWithGrace(server: net.Server, graceMs: number, goaway: () => void, destroy: () => void): Promise<void> {
-  const closed = new Promise<void>((r) => server.close(() => r()));
-  goaway();
-  const timer = setTimeout(destroy, graceMs);
-  await closed;
-  clearTimeout(timer);
 }
