@@ -52,13 +52,16 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
   if (firsts.length !== stages.length) return full();
   const fileOf = (r: number, index: CheckpointIndex): SourceFile => ({ rank: r, uri: source.storage.uriOf(source.rankKeys.get(r)!), tensors: index.tensors });
   let needed: Set<number>;
-  const firstOfStage = new Map<number, CheckpointIndex>();
+  // Each rank's stage representative, the file it is probably laid out like.
+  const layoutOf = new Map<number, CheckpointIndex>();
   try {
     const assumed = new Map<number, SourceFile>();
     for (let i = 0; i < stages.length; i++) {
       const first = await source.index(firsts[i])!;
-      firstOfStage.set(stages[i], first);
-      for (const r of source.presentRanks(stages[i])) assumed.set(r, fileOf(r, first));
+      for (const r of source.presentRanks(stages[i])) {
+        assumed.set(r, fileOf(r, first));
+        layoutOf.set(r, first);
+      }
     }
     const guess = planRank({ source: source.strategy, files: assumed, destination, rank });
     needed = new Set([...firsts, ...guess.tensors.flatMap((t) => t.copies.map((c) => c.rank))]);
@@ -68,7 +71,7 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
   const ranks = [...needed].sort((a, b) => a - b);
   // The other files of a stage are laid out like its representative: their record headers are read
   // ahead, all at once (on a cold page cache, one after the other costs a disk round trip each).
-  const indexes = await source.indexesOf(ranks, (r) => firstOfStage.get(Math.floor(r / source.strategy.stageDevices)));
+  const indexes = await source.indexesOf(ranks, (r) => layoutOf.get(r));
   const files = new Map(ranks.map((r) => [r, fileOf(r, indexes.get(r)!)]));
   try {
     return { plan: planRank({ source: source.strategy, files, destination, rank }), indexes };
