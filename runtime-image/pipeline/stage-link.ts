@@ -53,6 +53,8 @@ export class StageLink extends EventEmitter {
   /** The Forward call, once the server has answered its headers. */
   private stream: H2Stream | undefined;
   private keepalive: NodeJS.Timeout | undefined;
+  /** The deadline of the PING in flight, if any. */
+  private pingTimer: NodeJS.Timeout | undefined;
   private readonly maxMessageBytes: number;
   private readonly pending = new Map<string, Pending>();
   private readonly waiting: Array<() => void> = [];
@@ -88,6 +90,7 @@ export class StageLink extends EventEmitter {
       if (this.connection !== connection) return;
       this.connection = undefined;
       if (this.keepalive) clearInterval(this.keepalive);
+      clearTimeout(this.pingTimer);
       connection.destroy();
       if (opened) this.broken(why);
       else this.scheduleReconnect();
@@ -116,6 +119,7 @@ export class StageLink extends EventEmitter {
         const answerMs = this.opts.keepaliveTimeoutMs ?? 5_000;
         this.keepalive = setInterval(() => {
           const t = setTimeout(() => gone(`no ping answer within ${answerMs} ms`), answerMs);
+          this.pingTimer = t;
           connection.ping(() => clearTimeout(t));
         }, this.opts.keepaliveMs ?? 10_000);
         this.keepalive.unref();
@@ -254,6 +258,7 @@ export class StageLink extends EventEmitter {
     this.closed = true;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     if (this.keepalive) clearInterval(this.keepalive);
+    clearTimeout(this.pingTimer);
     this.failAll(new InferError('Unavailable', 'rank is shutting down'));
     const connection = this.connection;
     const stream = this.stream;
