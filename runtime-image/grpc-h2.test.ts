@@ -69,7 +69,6 @@ describe('deadlineOf (grpc-timeout)', () => {
 });
 
 describe('gRPC on our own HTTP/2 (h2/server.ts) against grpc-js (a real gRPC client)', () => {
-  const make = createGrpcServer;
   let server: GrpcServer | undefined;
   afterEach(async () => {
     await server?.close(100);
@@ -81,7 +80,7 @@ describe('gRPC on our own HTTP/2 (h2/server.ts) against grpc-js (a real gRPC cli
   const ticksGone = new Promise<void>((r) => (ticksCancelled = r));
 
   async function start(onChat?: (call: ServerStreamCall<any, any>) => void): Promise<number> {
-    server = make({
+    server = createGrpcServer({
       '/t.E/Echo': { kind: 'unary', decode: id, encodeFramed: (m: Buffer) => frameMessage(Buffer.concat([Buffer.from('echo:'), m])), handle: async (m: Buffer) => {
         if (m.toString() === 'missing') throw new GrpcWireError(GrpcStatus.NOT_FOUND, "model 'missing' is not served here (100%)");
         if (m.toString() === 'crash') throw new TypeError('boom');
@@ -128,7 +127,7 @@ describe('gRPC on our own HTTP/2 (h2/server.ts) against grpc-js (a real gRPC cli
 
   it('carries messages of many MiB both ways in a unary call', async () => {
     // framed(): a body this large goes out as prefix + body, without a copy.
-    server = make({ '/t.E/Echo': { kind: 'unary', decode: id, encodeFramed: framed, handle: (m: Buffer) => m } }, { maxMessageBytes: 64 << 20 });
+    server = createGrpcServer({ '/t.E/Echo': { kind: 'unary', decode: id, encodeFramed: framed, handle: (m: Buffer) => m } }, { maxMessageBytes: 64 << 20 });
     const port = await server.listen('127.0.0.1', 0);
     const client = new (makeGenericClientConstructor(defs, 'E'))(`127.0.0.1:${port}`, credentials.createInsecure(), { 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 }) as any;
     const body = Buffer.from(new Uint8Array(24 << 20).map((_, i) => (i * 13) & 0xff));
@@ -306,7 +305,7 @@ describe('StageLink on the rank transport', () => {
     await server.close(100);
   });
 
-  /** A TCP server that takes connections and, with `answer`, answers the call's headers and nothing more (no PING acks). */
+  /** A TCP server that takes connections and, with `answer`, answers the first call's headers and nothing more (no PING acks). */
   async function mutePeer(answer: boolean) {
     const sockets: Socket[] = [];
     const server = createNetServer((socket) => {
@@ -326,7 +325,7 @@ describe('StageLink on the rank transport', () => {
           head[4] = 0x4;
           head.writeUInt32BE(1, 5);
           socket.write(Buffer.concat([Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]), head, block]));
-          answer = false; // once per connection is enough for this test's purpose
+          answer = false; // the first connection only: the ones after it stay mute
           break;
         }
       });
