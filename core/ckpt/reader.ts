@@ -21,8 +21,12 @@ export interface IndexCkptOptions {
   prefetchRecords?: readonly number[];
 }
 
-/** Bytes fetched per record header; a MindSpore header (tag, dims, type) is ~100 bytes. */
-const HEADER_WINDOW = 4096;
+/**
+ * Bytes fetched per record header; a MindSpore header (tag, dims, type) is ~100 bytes, and a longer
+ * one gets further windows where it runs past the first. Small enough for Node's buffer pool (windows
+ * under 4 KiB are slices of it, not allocations of their own).
+ */
+const HEADER_WINDOW = 1024;
 /** Sanity bounds on header fields, so a lying length cannot make us fetch or allocate much. */
 const MAX_TAG_BYTES = 64 * 1024;
 const MAX_TYPE_BYTES = 256;
@@ -110,10 +114,21 @@ interface CkptRecord {
   content: ByteRange;
 }
 
-/** Reads record headers through a small window over the source, never the payloads. */
+/** Raised inside a synchronous parse when the bytes it needs are in no window yet. */
+class NeedBytes {
+  constructor(readonly pos: number, readonly n: number) {}
+}
+
+/**
+ * Reads record headers through small windows over the source, never the payloads. A record is
+ * parsed synchronously from the windows read so far; when it needs bytes outside them, they are
+ * read (at once when the source reads synchronously and nothing was read ahead there, else
+ * awaited) and the record is parsed again from its start, so a header costs one read and no
+ * promise per field.
+ */
 class RecordWalker {
-  private buf: Uint8Array = new Uint8Array(0);
-  private base = 0;
+  /** Windows read for the record being parsed; the first usually holds its whole header. */
+  private windows: { base: number; buf: Uint8Array }[] = [];
   /** Header windows asked for ahead of the walk, by offset (see prefetch). */
   private readonly ahead = new Map<number, Promise<Uint8Array>>();
 
@@ -129,80 +144,105 @@ class RecordWalker {
     }
   }
 
-  /** Exactly `n` bytes at `pos`, from the window when it covers them. */
-  private async bytes(pos: number, n: number): Promise<Uint8Array> {
-    if (pos < this.base || pos + n > this.base + this.buf.length) {
-      const len = Math.min(Math.max(n, HEADER_WINDOW), this.end - pos);
-      if (len < n) throw new WireError('record runs past the end of the file', pos);
-      const early = this.ahead.get(pos);
-      this.ahead.delete(pos);
-      const got = early ? await early.catch(() => undefined) : undefined;
-      this.buf = got && got.length >= n ? got : this.source.readSync ? this.source.readSync(pos, len) : await this.source.read(pos, len);
-      this.base = pos;
+  async readRecord(offset: number): Promise<CkptRecord> {
+    // A window that holds the record's start is kept (small records share one).
+    this.windows = this.windows.filter((w) => offset >= w.base && offset < w.base + w.buf.length).slice(-1);
+    for (;;) {
+      try {
+        return this.parseRecord(offset);
+      } catch (e) {
+        if (!(e instanceof NeedBytes)) throw e;
+        await this.fill(e.pos, e.n);
+      }
     }
-    return this.buf.subarray(pos - this.base, pos - this.base + n);
   }
 
-  private async varint(pos: number, limit: number): Promise<{ value: bigint; end: number }> {
+  private windowLength(pos: number, n: number): number {
+    const len = Math.min(Math.max(n, HEADER_WINDOW), this.end - pos);
+    if (len < n) throw new WireError('record runs past the end of the file', pos);
+    return len;
+  }
+
+  /** Reads the window at `pos` (taking the one read ahead there, when it is long enough). */
+  private async fill(pos: number, n: number): Promise<void> {
+    const len = this.windowLength(pos, n);
+    const early = this.ahead.get(pos);
+    this.ahead.delete(pos);
+    const got = early ? await early.catch(() => undefined) : undefined;
+    this.windows.push({ base: pos, buf: got && got.length >= n ? got : await this.source.read(pos, len) });
+  }
+
+  /** Exactly `n` bytes at `pos`, from a window (read now when that can be done synchronously). */
+  private bytes(pos: number, n: number): Uint8Array {
+    for (const w of this.windows) {
+      if (pos >= w.base && pos + n <= w.base + w.buf.length) return w.buf.subarray(pos - w.base, pos - w.base + n);
+    }
+    if (!this.source.readSync || this.ahead.has(pos)) throw new NeedBytes(pos, n);
+    const buf = this.source.readSync(pos, this.windowLength(pos, n));
+    this.windows.push({ base: pos, buf });
+    return buf.subarray(0, n);
+  }
+
+  private varint(pos: number, limit: number): { value: bigint; end: number } {
     const n = Math.min(10, limit - pos);
     if (n <= 0) throw new WireError('varint runs past the end of its message', pos);
-    const v = readVarint(await this.bytes(pos, n), 0, n);
+    const v = readVarint(this.bytes(pos, n), 0, n);
     return { value: v.value, end: pos + v.end };
   }
 
-  private async key(pos: number, limit: number) {
+  private key(pos: number, limit: number) {
     const n = Math.min(5, limit - pos);
     if (n <= 0) throw new WireError('field key runs past the end of its message', pos);
-    const k = readKey(await this.bytes(pos, n), 0, n);
+    const k = readKey(this.bytes(pos, n), 0, n);
     return { field: k.field, wire: k.wire, end: pos + k.end };
   }
 
   /** [start, end) of a length-delimited payload whose length varint sits at `pos`. */
-  private async lenBounds(pos: number, limit: number): Promise<{ start: number; end: number }> {
+  private lenBounds(pos: number, limit: number): { start: number; end: number } {
     const n = Math.min(10, limit - pos);
     if (n <= 0) throw new WireError('length runs past the end of its message', pos);
-    const l = readLength(await this.bytes(pos, n), 0, n);
+    const l = readLength(this.bytes(pos, n), 0, n);
     const start = pos + l.end;
     if (start + l.value > limit) throw new WireError('length-delimited field runs past the end of its message', pos);
     return { start, end: start + l.value };
   }
 
-  private async skip(pos: number, wire: number, limit: number): Promise<number> {
+  private skip(pos: number, wire: number, limit: number): number {
     let end: number;
-    if (wire === WIRE_VARINT) return (await this.varint(pos, limit)).end;
+    if (wire === WIRE_VARINT) return this.varint(pos, limit).end;
     else if (wire === WIRE_FIXED64) end = pos + 8;
     else if (wire === WIRE_FIXED32) end = pos + 4;
-    else end = (await this.lenBounds(pos, limit)).end;
+    else end = this.lenBounds(pos, limit).end;
     if (end > limit) throw new WireError('field runs past the end of its message', pos);
     return end;
   }
 
-  private async string(b: { start: number; end: number }, max: number, what: string): Promise<string> {
+  private string(b: { start: number; end: number }, max: number, what: string): string {
     if (b.end - b.start > max) throw new WireError(`${what} is ${b.end - b.start} bytes (at most ${max} expected)`, b.start);
-    return decodeUtf8(await this.bytes(b.start, b.end - b.start), b.start);
+    return decodeUtf8(this.bytes(b.start, b.end - b.start), b.start);
   }
 
-  async readRecord(offset: number): Promise<CkptRecord> {
-    const k = await this.key(offset, this.end);
+  private parseRecord(offset: number): CkptRecord {
+    const k = this.key(offset, this.end);
     if (k.field !== 1 || k.wire !== WIRE_LEN) {
       throw new WireError(`expected a Checkpoint.value record (field 1, length-delimited), found field ${k.field} wire type ${k.wire}`, offset);
     }
-    const value = await this.lenBounds(k.end, this.end);
+    const value = this.lenBounds(k.end, this.end);
     let tag: string | undefined;
     let tensor: { start: number; end: number } | undefined;
     let kind: CkptRecord['kind'] = 'tensor';
     for (let p = value.start; p < value.end; ) {
-      const f = await this.key(p, value.end);
+      const f = this.key(p, value.end);
       if (f.wire === WIRE_LEN && (f.field === 1 || f.field === 2 || f.field === 3)) {
-        const b = await this.lenBounds(f.end, value.end);
-        if (f.field === 1) tag = await this.string(b, MAX_TAG_BYTES, 'parameter name');
+        const b = this.lenBounds(f.end, value.end);
+        if (f.field === 1) tag = this.string(b, MAX_TAG_BYTES, 'parameter name');
         else {
           tensor = b;
           kind = f.field === 2 ? 'tensor' : 'maptensor';
         }
         p = b.end;
       } else {
-        p = await this.skip(f.end, f.wire, value.end);
+        p = this.skip(f.end, f.wire, value.end);
       }
     }
     if (tag === undefined) throw new WireError('record has no parameter name (Value.tag)', offset);
@@ -213,30 +253,30 @@ class RecordWalker {
     let type: string | undefined;
     let content: ByteRange | undefined;
     for (let p = tensor.start; p < tensor.end; ) {
-      const f = await this.key(p, tensor.end);
+      const f = this.key(p, tensor.end);
       if (f.field === 1 && f.wire === WIRE_VARINT) {
-        const v = await this.varint(f.end, tensor.end);
+        const v = this.varint(f.end, tensor.end);
         this.pushDim(rec, v.value, f.end);
         p = v.end;
       } else if (f.field === 1 && f.wire === WIRE_LEN) {
-        const b = await this.lenBounds(f.end, tensor.end);
+        const b = this.lenBounds(f.end, tensor.end);
         if (b.end - b.start > MAX_PACKED_DIMS_BYTES) throw new WireError(`packed dims of '${tag}' are ${b.end - b.start} bytes long`, f.end);
         for (let q = b.start; q < b.end; ) {
-          const v = await this.varint(q, b.end);
+          const v = this.varint(q, b.end);
           this.pushDim(rec, v.value, q);
           q = v.end;
         }
         p = b.end;
       } else if (f.field === 2 && f.wire === WIRE_LEN) {
-        const b = await this.lenBounds(f.end, tensor.end);
-        type = await this.string(b, MAX_TYPE_BYTES, `tensor_type of '${tag}'`);
+        const b = this.lenBounds(f.end, tensor.end);
+        type = this.string(b, MAX_TYPE_BYTES, `tensor_type of '${tag}'`);
         p = b.end;
       } else if (f.field === 3 && f.wire === WIRE_LEN) {
-        const b = await this.lenBounds(f.end, tensor.end);
+        const b = this.lenBounds(f.end, tensor.end);
         content = { offset: b.start, length: b.end - b.start };
         p = b.end;
       } else {
-        p = await this.skip(f.end, f.wire, tensor.end);
+        p = this.skip(f.end, f.wire, tensor.end);
       }
     }
     if (type === undefined) throw new WireError(`tensor of '${tag}' has no tensor_type`, tensor.start);

@@ -86,7 +86,18 @@ describe('parser fuzzing (mutated real and synthetic inputs)', () => {
     const synthetic = [body, Buffer.concat([body, encodeCrcTrailer(crc32(body))]), encryptCkpt(body, KEY, 'AES-GCM', { blockSize: 64 }), encryptCkpt(body, KEY, 'AES-CBC', { blockSize: 50 })];
     const real = firstRanks('.ckpt').map((f) => readFileSync(f));
     expect(real.length).toBeGreaterThan(10);
-    const r = await fuzz('ckpt', [...real, ...synthetic], (bytes, i) => indexCkpt(memorySource('fuzz.ckpt', bytes), { verifyCrc: i % 2 === 0, decryption: i % 3 === 0 ? { key: KEY } : undefined }), 1);
+    // Every other input also reads synchronously, as a local file does (the record walk's other path).
+    const source = (bytes: Uint8Array, i: number) => {
+      const s = memorySource('fuzz.ckpt', bytes);
+      if (i % 4 >= 2) return s;
+      return Object.assign(s, {
+        readSync(offset: number, length: number) {
+          if (!(offset >= 0 && length >= 0 && offset + length <= bytes.length)) throw new ShardserveError('OutOfRange', `fuzz.ckpt: read of ${length} bytes at ${offset} is past the end`);
+          return bytes.slice(offset, offset + length);
+        },
+      });
+    };
+    const r = await fuzz('ckpt', [...real, ...synthetic], (bytes, i) => indexCkpt(source(bytes, i), { verifyCrc: i % 2 === 0, decryption: i % 3 === 0 ? { key: KEY } : undefined }), 1);
     expect(r.failures).toEqual([]);
     expect(r.cases).toBe(CASES);
   });
