@@ -104,6 +104,23 @@ function destinationParams(input: PlanInput, stage: number): Array<{ name: strin
   return out;
 }
 
+function sameDims(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** A layout's memo key within a plan, kept per layout object (parsed layouts are not changed). */
+const layoutKeys = new WeakMap<ParamLayout, string>();
+function layoutKey(layout: ParamLayout): string {
+  let key = layoutKeys.get(layout);
+  if (key === undefined) {
+    key = JSON.stringify(layout);
+    layoutKeys.set(layout, key);
+  }
+  return key;
+}
+
 function sortedFiles(files: Map<number, SourceFile>): SourceFile[] {
   return [...files.values()].sort((a, b) => a.rank - b.rank);
 }
@@ -141,6 +158,8 @@ export function planRank(input: PlanInput): ReadPlan {
     memo.set(key, value);
     return value;
   };
+  const ordered = sortedFiles(files);
+  const filesOfStage = (s: number) => once(`files ${s}`, () => ordered.filter((f) => f.rank >= s * stageDevices && f.rank < (s + 1) * stageDevices));
 
   for (const { name, layout: dstLayout } of destinationParams(input, stage)) {
     const srcStage = sourceStageOf(source, name, stage);
@@ -150,10 +169,10 @@ export function planRank(input: PlanInput): ReadPlan {
     if (srcStage !== undefined) {
       srcLayout = source.params.get(name)!.layoutByStage.get(srcStage)!;
       firstRank = srcStage * stageDevices;
-      holdersFiles = sortedFiles(files).filter((f) => f.rank >= firstRank && f.rank < firstRank + stageDevices);
+      holdersFiles = filesOfStage(srcStage);
     } else {
       // Not in the source strategy: every file that has it holds all of it.
-      holdersFiles = sortedFiles(files).filter((f) => f.tensors.has(name));
+      holdersFiles = ordered.filter((f) => f.tensors.has(name));
       if (holdersFiles.length === 0) {
         throw new ShardserveError('MissingParam', `parameter '${name}' of the destination strategy is in neither the source strategy (${source.uri}) nor any checkpoint file`, { param: name });
       }
@@ -170,15 +189,23 @@ export function planRank(input: PlanInput): ReadPlan {
     let dtype: DType | undefined;
     let shapeWitness = shapeFrom;
     let dtypeWitness = '';
+    // The files of a stage hold equal slice shapes, and an equal shape at a rank inside the dev
+    // matrix implies the same full shape (the rank matters only with param_split_shape): derived again
+    // only when the shape changes.
+    const devices = product(srcLayout.devMatrix);
+    const byRank = srcLayout.paramSplitShape.length > 0;
+    let last: { slice: readonly number[]; implied: number[] } | undefined;
     for (const f of holdersFiles) {
       const entry = f.tensors.get(name);
       if (!entry) continue;
       const ctx = { param: name, file: f.uri };
-      const implied = fullShapeFromSlice(srcLayout, entry.shape, f.rank - firstRank, ctx);
+      const srcLocal = f.rank - firstRank;
+      const implied = last && !byRank && srcLocal < devices && sameDims(entry.shape, last.slice) ? last.implied : fullShapeFromSlice(srcLayout, entry.shape, srcLocal, ctx);
+      last = { slice: entry.shape, implied };
       if (!fullShape) {
         fullShape = implied;
         shapeWitness = f.uri;
-      } else if (implied.length !== fullShape.length || implied.some((d, i) => d !== fullShape![i])) {
+      } else if (implied !== fullShape && !sameDims(implied, fullShape)) {
         throw new ShardserveError('ShapeMismatch', `${f.uri}: parameter '${name}' has slice shape ${shapeText(entry.shape)}, which with the strategy means full shape ${shapeText(implied)}, but ${shapeWitness ?? 'the destination strategy'} means ${shapeText(fullShape)}`, ctx);
       }
       if (!dtype) {
@@ -194,7 +221,7 @@ export function planRank(input: PlanInput): ReadPlan {
     }
     const shape = fullShape;
     const elemBytes = DTYPE_BYTES[dtype];
-    const shared = dstLayout && once(`box ${JSON.stringify(dstLayout)} ${shape}`, () => rankBox(dstLayout, shape, local, { param: name, file: destination.kind === 'strategy' ? destination.strategy.uri : undefined }));
+    const shared = dstLayout && once(`box ${layoutKey(dstLayout)} ${shape}`, () => rankBox(dstLayout, shape, local, { param: name, file: destination.kind === 'strategy' ? destination.strategy.uri : undefined }));
     // Each tensor gets arrays of its own (its plan entry is handed out).
     const dstBox: Box = shared ? { offsets: [...shared.offsets], sizes: [...shared.sizes] } : { offsets: shape.map(() => 0), sizes: [...shape] };
     const copies: CopyOp[] = [];
@@ -209,7 +236,7 @@ export function planRank(input: PlanInput): ReadPlan {
       ({ layout: viewLayout, fullShape: viewShape } = fieldView(srcLayout, shape, { param: name, file: source.uri }));
       viewDst = { offsets: [0, 0, ...dstBox.offsets.slice(1)], sizes: [viewShape[0], viewShape[1], ...dstBox.sizes.slice(1)] };
     }
-    const pieces = once(`pieces ${JSON.stringify(viewLayout)} ${viewShape}`, () => distinctPieces(viewLayout, viewShape, { param: name, file: source.uri }));
+    const pieces = once(`pieces ${layoutKey(viewLayout)} ${viewShape}`, () => distinctPieces(viewLayout, viewShape, { param: name, file: source.uri }));
     for (const piece of pieces) {
       const overlap = intersectBoxes(piece.box, viewDst);
       if (!overlap || product(overlap.sizes) === 0) continue;
