@@ -132,6 +132,28 @@ describe('indexCkpt reads only record headers', () => {
     expect(src.bytesRead / src.size).toBeLessThan(0.016);
   });
 
+  it('reads runs of small records many to a window, walking or reading ahead', async () => {
+    // 500 norm-sized records (2 KiB payloads) between two large ones.
+    const big = ckptRecord('embed', 'Float32', [128, 128], new Uint8Array(64 * 1024));
+    const small = Array.from({ length: 500 }, (_, i) => ckptRecord(`layer${i}.norm`, 'Float32', [512], new Uint8Array(2048).fill(i)));
+    const bytes = Buffer.concat([big, ...small, ckptRecord('head', 'Float32', [128, 128], new Uint8Array(64 * 1024))]);
+    const expected = await indexCkpt(memorySource('mem/x.ckpt', bytes));
+    expect(expected.tensors.size).toBe(502);
+    // Walking: after the first small record, each window is 64 KiB, so ~30 records to a read.
+    let syncReads = 0;
+    const inner = memorySource('mem/x.ckpt', bytes);
+    const walked = await indexCkpt(Object.assign(inner, { readSync: (offset: number, length: number) => (syncReads++, bytes.slice(offset, offset + length)) }));
+    expect(walked.tensors).toEqual(expected.tensors);
+    expect(syncReads).toBeLessThanOrEqual(2 + Math.ceil((500 * 2100) / (64 * 1024)) + 1);
+    // Reading ahead: starts less than 64 KiB apart share one read.
+    const starts = [0, ...[...expected.tensors.values()].map((t) => t.pieces[0].offset + t.pieces[0].length)].slice(0, -1);
+    let reads = 0;
+    const counted = memorySource('mem/x.ckpt', bytes);
+    const ahead = await indexCkpt({ uri: counted.uri, size: counted.size, get bytesRead() { return counted.bytesRead; }, close: () => counted.close(), read: (o: number, l: number) => (reads++, counted.read(o, l)) }, { prefetchRecords: starts });
+    expect(ahead.tensors).toEqual(expected.tensors);
+    expect(reads).toBeLessThanOrEqual(2 + 2 + Math.ceil((500 * 2100) / (64 * 1024)) + 1); // probes, the two large records, the runs
+  });
+
   it('with prefetchRecords, asks for every header window at once; a wrong or partial guess costs spare reads, never a different index', async () => {
     const payload = new Uint8Array(64 * 1024);
     const records = Array.from({ length: 40 }, (_, i) => ckptRecord(`layer${i}.weight`, 'Float32', [128, 128], payload.fill(i)));

@@ -27,6 +27,13 @@ export interface IndexCkptOptions {
  * under 4 KiB are slices of it, not allocations of their own).
  */
 const HEADER_WINDOW = 1024;
+/**
+ * After a record of at most SMALL_RECORD bytes, the next window is RUN_WINDOW long: runs of small
+ * records (norm weights, biases, optimizer scalars) are then read many to a window, not one each.
+ * Windows read ahead are joined the same way when their starts are that close.
+ */
+const SMALL_RECORD = 16 * 1024;
+const RUN_WINDOW = 64 * 1024;
 /** Sanity bounds on header fields, so a lying length cannot make us fetch or allocate much. */
 const MAX_TAG_BYTES = 64 * 1024;
 const MAX_TYPE_BYTES = 256;
@@ -129,18 +136,29 @@ class NeedBytes {
 class RecordWalker {
   /** Windows read for the record being parsed; the first usually holds its whole header. */
   private windows: { base: number; buf: Uint8Array }[] = [];
+  /** Length of the next window read: HEADER_WINDOW, or RUN_WINDOW after a small record. */
+  private window = HEADER_WINDOW;
   /** Header windows asked for ahead of the walk, by offset (see prefetch). */
   private readonly ahead = new Map<number, Promise<Uint8Array>>();
 
   constructor(private readonly source: ByteSource, private readonly end: number) {}
 
-  /** Starts reading the header windows at these offsets, all at once; the walk takes them as it gets there. */
+  /**
+   * Starts reading the header windows at these offsets, all at once; the walk takes them as it gets
+   * there. Starts within RUN_WINDOW of each other share one read.
+   */
   prefetch(offsets: readonly number[]): void {
-    for (const pos of offsets) {
-      if (pos < 0 || pos >= this.end || this.ahead.has(pos)) continue;
-      const p = this.source.read(pos, Math.min(HEADER_WINDOW, this.end - pos));
-      p.catch(() => {}); // a failed read ahead is read again, and reported, by the walk
-      this.ahead.set(pos, p);
+    const starts = [...new Set(offsets)].filter((pos) => pos >= 0 && pos < this.end && !this.ahead.has(pos)).sort((a, b) => a - b);
+    for (let i = 0; i < starts.length; ) {
+      const first = starts[i];
+      let j = i + 1;
+      while (j < starts.length && starts[j] - first < RUN_WINDOW) j++;
+      const group = starts.slice(i, j);
+      const last = group[group.length - 1];
+      const read = this.source.read(first, Math.min(last + HEADER_WINDOW, this.end) - first);
+      read.catch(() => {}); // a failed read ahead is read again, and reported, by the walk
+      for (const pos of group) this.ahead.set(pos, read.then((buf) => buf.subarray(pos - first)));
+      i = j;
     }
   }
 
@@ -149,7 +167,9 @@ class RecordWalker {
     this.windows = this.windows.filter((w) => offset >= w.base && offset < w.base + w.buf.length).slice(-1);
     for (;;) {
       try {
-        return this.parseRecord(offset);
+        const rec = this.parseRecord(offset);
+        this.window = rec.end - offset <= SMALL_RECORD ? RUN_WINDOW : HEADER_WINDOW;
+        return rec;
       } catch (e) {
         if (!(e instanceof NeedBytes)) throw e;
         await this.fill(e.pos, e.n);
@@ -158,7 +178,7 @@ class RecordWalker {
   }
 
   private windowLength(pos: number, n: number): number {
-    const len = Math.min(Math.max(n, HEADER_WINDOW), this.end - pos);
+    const len = Math.min(Math.max(n, this.window), this.end - pos);
     if (len < n) throw new WireError('record runs past the end of the file', pos);
     return len;
   }
