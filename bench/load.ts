@@ -92,10 +92,10 @@ async function child(mode: string, argsJson: string): Promise<void> {
 }
 
 // ---------------------------------------------------------------- parent side
-function trainingStrategy(): Strategy {
+function trainingStrategy(layers: number): Strategy {
   const params = new Map<string, { name: string; stages: number[]; layoutByStage: Map<number, ParamLayout> }>();
   const layout = (tensorMap: number[]): ParamLayout => ({ devMatrix: [SRC_TP], tensorMap, paramSplitShape: [], indicesOffset: [], field: 0, optShardStep: 0, optShardSize: 0 });
-  for (let i = 0; i < LAYERS; i++) {
+  for (let i = 0; i < layers; i++) {
     // Megatron-style pairs: a column-parallel weight split on dim 0, a row-parallel one on dim 1.
     params.set(`layers.${i}.ffn.w_in`, { name: `layers.${i}.ffn.w_in`, stages: [0], layoutByStage: new Map([[0, layout([0, -1])]]) });
     params.set(`layers.${i}.ffn.w_out`, { name: `layers.${i}.ffn.w_out`, stages: [0], layoutByStage: new Map([[0, layout([-1, 0])]]) });
@@ -103,22 +103,22 @@ function trainingStrategy(): Strategy {
   return { uri: 'bench-strategy', stageCount: 1, stageDevices: SRC_TP, params };
 }
 
-async function ensureCheckpoint(): Promise<{ dir: string; checkpoint: string; strategy: string; files: string[]; totalBytes: number }> {
-  const dir = cacheDir('bench-load', `tp${SRC_TP}-${LAYERS}x${ROWS}x${COLS}-${DTYPE}-v1`);
+async function ensureCheckpoint(layers = LAYERS, rows = ROWS, cols = COLS): Promise<{ dir: string; checkpoint: string; strategy: string; files: string[]; totalBytes: number }> {
+  const dir = cacheDir('bench-load', `tp${SRC_TP}-${layers}x${rows}x${cols}-${DTYPE}-v1`);
   const checkpoint = join(dir, 'ckpt');
   const strategyFile = join(dir, 'strategy.ckpt');
   const files = Array.from({ length: SRC_TP }, (_, r) => join(checkpoint, `rank_${r}`, 'net-1_1.ckpt'));
   const marker = join(dir, 'complete.json');
   if (!existsSync(marker)) {
     process.stderr.write(`bench:load: writing the synthetic ${SRC_TP}-rank checkpoint to ${dir} (once) ...\n`);
-    const strategy = trainingStrategy();
+    const strategy = trainingStrategy(layers);
     writeFileSync(strategyFile, strategyToProtobuf(strategy));
     let seed = 12345;
     for (let r = 0; r < SRC_TP; r++) {
       mkdirSync(dirname(files[r]), { recursive: true });
       const specs = [...strategy.params.values()].map((p) => {
         const map = p.layoutByStage.get(0)!.tensorMap;
-        return { name: p.name, dtype: DTYPE, shape: map[0] === 0 ? [ROWS / SRC_TP, COLS] : [ROWS, COLS / SRC_TP] };
+        return { name: p.name, dtype: DTYPE, shape: map[0] === 0 ? [rows / SRC_TP, cols] : [rows, cols / SRC_TP] };
       });
       const w = await createTensorFileWriter(files[r], 'mindspore-ckpt', specs);
       for (const s of specs) {
@@ -269,6 +269,25 @@ async function parent(): Promise<void> {
       mindsporeWallOverOurs: s.mindspore ? s.mindspore.bestWallMs / s.ours.bestWallMs : null,
     },
   });
+  // The time before the first read as the parameter count grows: the same TP-8 layout with many
+  // small parameters. A .ckpt has no index: its headers are a chain of reads, one per record.
+  const planScaling: { paramsPerFile: number; fileBytes: number; planMs: { cold: number; warm: number }; planUsPerParam: { cold: number; warm: number } }[] = [];
+  for (const params of [200, 1000, 4000]) {
+    const small = await ensureCheckpoint(params / 2, 64, 64);
+    const ms: { cold: number[]; warm: number[] } = { cold: [], warm: [] };
+    for (let i = 0; i < Math.min(repeats, 3); i++) {
+      for (const cache of ['cold', 'warm'] as const) {
+        if (cache === 'cold') evict(small.files);
+        else await warm(small.files);
+        const r = await runChild(tsx, [self, '--child', 'ours', JSON.stringify({ checkpoint: small.checkpoint, strategy: small.strategy })]);
+        process.stderr.write(`bench:load: plan phase, ${params} parameters a file, ${cache} #${i + 1}: ${r.planMs.toFixed(1)} ms\n`);
+        ms[cache].push(r.planMs);
+      }
+    }
+    const planMs = { cold: median(ms.cold), warm: median(ms.warm) };
+    planScaling.push({ paramsPerFile: params, fileBytes: Math.round(small.totalBytes / SRC_TP), planMs, planUsPerParam: { cold: (planMs.cold * 1000) / params, warm: (planMs.warm * 1000) / params } });
+  }
+
   const out = {
     command: 'npm run bench:load',
     date: new Date().toISOString(),
@@ -282,6 +301,10 @@ async function parent(): Promise<void> {
     ratios: { cold: ratios(cold), warm: ratios(warmS) },
     cold,
     warm: warmS,
+    planScaling: {
+      method: `ours only, same layout and destination (TP ${SRC_TP} -> TP ${DST_TP}, rank ${DST_RANK}) with [64,64] ${DTYPE} parameters; planMs = strategy, listing, indexes of the files read (plus the representative of the stage) and the plan, median of ${Math.min(repeats, 3)} fresh processes each, cold and warm as above`,
+      points: planScaling,
+    },
   };
   mkdirSync(join(here, 'results'), { recursive: true });
   writeFileSync(join(here, 'results', 'load.json'), JSON.stringify(out, null, 2) + '\n');
