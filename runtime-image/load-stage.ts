@@ -1,11 +1,9 @@
-import { readFile, writeFile, rename, mkdir, readdir } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import type { RankConfig } from '../core/deployment.js';
 import { ShardserveError } from '../core/errors.js';
 import { parseOnnx } from '../core/onnx/model.js';
 import { planPipeline, type PipelinePlan, type StageTensor } from '../core/onnx/partition.js';
-import { buildStageModel } from '../core/onnx/bind.js';
+import { buildStageModelInMemory } from '../core/onnx/bind.js';
 import { loadDestinationSlice } from '../core/reshard/load.js';
 import { loadStrategy } from '../core/reshard/session.js';
 import { openParent } from '../core/storage/storage.js';
@@ -51,8 +49,9 @@ export function planFor(model: ReturnType<typeof parseOnnx>, strategy: Strategy,
 
 /**
  * The rank's real load path: the ONNX graph, the pipeline cut, exactly this rank's slice of the
- * checkpoint (only its bytes are read), bound into its stage's ONNX model. Weights too large to embed
- * go to an external-data file in the temp dir (an emptyDir in a pod) and the session loads by path.
+ * checkpoint (only its bytes are read), bound into its stage's ONNX model. The weights stay in the
+ * slice's buffers and reach onnxruntime as in-memory external data: they are not copied into the
+ * protobuf nor written to disk, whatever their size.
  */
 export async function loadCheckpointStage(config: RankConfig, position: RankPosition, onProgress: (done: number, total: number) => void): Promise<LoadedStage> {
   const modelUri = config.model.uri;
@@ -74,16 +73,6 @@ export async function loadCheckpointStage(config: RankConfig, position: RankPosi
   if (slice.stage !== position.stage) {
     throw new ShardserveError('LayoutMismatch', `rank ${position.rank}: the checkpoint plan puts it in stage ${slice.stage}, the runtime in stage ${position.stage}`);
   }
-  const dir = join(process.env.SHARDSERVE_WORK_DIR ?? tmpdir(), `shardserve-rank-${position.rank}-${process.pid}`);
-  await mkdir(dir, { recursive: true });
-  const onnx = buildStageModel(model, plan, position.stage, slice.tensors, { parameterNames: config.model.parameterNames, externalDataDir: dir, uri: modelUri });
-  const external = (await readdir(dir)).length > 0;
-  let source: Uint8Array | string = onnx;
-  if (external) {
-    const path = join(dir, `stage${position.stage}.onnx`);
-    await writeFile(path + '.tmp', onnx);
-    await rename(path + '.tmp', path);
-    source = path;
-  }
-  return { spec: specOfPlan(plan), onnx: source, sliceBytes: slice.stats.sliceBytes, checkpointMs: { plan: slice.stats.planMs, reads: slice.stats.readMs } };
+  const { onnx, externalData } = buildStageModelInMemory(model, plan, position.stage, slice.tensors, { parameterNames: config.model.parameterNames, uri: modelUri });
+  return { spec: specOfPlan(plan), onnx, externalData, sliceBytes: slice.stats.sliceBytes, checkpointMs: { plan: slice.stats.planMs, reads: slice.stats.readMs } };
 }

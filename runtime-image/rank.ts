@@ -13,6 +13,7 @@ import { StageLink } from './pipeline/stage-link.js';
 import { createGrpcServer, type GrpcServer } from './grpc-h2.js';
 import { StageNode } from './pipeline/stage-node.js';
 import { stageServiceImpl } from './pipeline/stage-service.js';
+import type { InMemoryWeight } from '../core/onnx/bind.js';
 import { createOrtStage, type OrtStageOptions, type StageExecutor } from './pipeline/stage-session.js';
 import { peerAddress, type RankEnv } from './rank-env.js';
 
@@ -21,6 +22,8 @@ export interface LoadedStage {
   spec: PipelineSpec;
   /** The stage model's bytes, or the path of a saved model whose weights are in external data. */
   onnx: Uint8Array | string;
+  /** Weights the model's external-data references name, handed to onnxruntime in memory (and then let go). */
+  externalData?: InMemoryWeight[];
   /** Bytes of checkpoint slice this rank loaded (for status/metrics). */
   sliceBytes: number;
   /** Where the checkpoint load's time went: before the first read (strategy, layout, indexes, plan), and the reads. */
@@ -156,7 +159,9 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
     metrics.loadedBytes.set(loadedBytes);
     metrics.totalBytes.set(totalBytes);
     lifecycle.set('LOADING', 'creating the stage session');
-    executor = await createOrtStage(stage.onnx, opts.ort);
+    executor = await createOrtStage(stage.onnx, opts.ort, stage.externalData);
+    // onnxruntime holds its own copy now: the slice's buffers can be collected.
+    stage.externalData = undefined;
     const isLast = position.stage === env.pipelineStages - 1;
     if (!isLast) {
       const next = stageLeader(position.stage + 1, env.tensorParallel);

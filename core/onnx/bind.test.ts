@@ -4,9 +4,9 @@ import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ShardserveError } from '../errors.js';
-import { type StageWeight, buildStageModel } from './bind.js';
+import { type StageWeight, buildStageModel, buildStageModelInMemory } from './bind.js';
 import { parseOnnx } from './model.js';
-import { runModel, tensorBytes } from './ort-run.js';
+import { createSession, runModel, tensorBytes } from './ort-run.js';
 import { planPipeline } from './partition.js';
 import { mlpNetwork } from './sample-networks.js';
 
@@ -127,5 +127,37 @@ describe('buildStageModel', () => {
     const fromBytes = await runModel(embedded, feeds());
     expect(tensorBytes(fromFile.act1)).toEqual(tensorBytes(fromBytes.act1));
     expect(existsSync(join(dir, 'stage0.onnx.data.tmp'))).toBe(false);
+  });
+});
+
+describe('buildStageModelInMemory', () => {
+  it('leaves each weight in its own buffer as in-memory external data, which onnxruntime runs exactly as the embedded model', async () => {
+    const { onnx, externalData } = buildStageModelInMemory(net.model, plan2, 0, net.weights);
+    const graph = parseOnnx(onnx).graph!;
+    const weight = graph.initializer!.find((t) => t.name === 'layers.1.weight')!;
+    expect(weight.rawData).toBeUndefined();
+    const ref = externalData.find((e) => e.path === weight.externalData![0].value)!;
+    expect(weight.externalData).toEqual([
+      { key: 'location', value: ref.path },
+      { key: 'offset', value: '0' },
+      { key: 'length', value: String(32 * 32 * 4) },
+    ]);
+    // The slice's own bytes, not a copy; small tensors (the biases) stay embedded.
+    expect(ref.data).toBe(net.weights.get('layers.1.weight')!.data);
+    expect(graph.initializer!.find((t) => t.name === 'layers.1.bias')!.rawData!.byteLength).toBe(128);
+    expect(new Set(externalData.map((e) => e.path)).size).toBe(externalData.length);
+    // The protobuf carries no large weight: far smaller than the embedded model.
+    const embedded = buildStageModel(net.model, plan2, 0, net.weights);
+    expect(onnx.byteLength).toBeLessThan(embedded.byteLength - externalData.reduce((a, e) => a + e.data.byteLength, 0) + 1024);
+    const session = await createSession(onnx, { externalData });
+    const inMemory = await session.run(feeds());
+    const fromBytes = await runModel(embedded, feeds());
+    expect(tensorBytes(inMemory.act1)).toEqual(tensorBytes(fromBytes.act1));
+    await session.release();
+  });
+
+  it('checks the weights as buildStageModel does', () => {
+    expectError(() => buildStageModelInMemory(net.model, plan2, 0, without('layers.0.weight')), 'MissingWeight',
+      "model.onnx: no weight for initializer 'layers.0.weight' of stage 0: the rank's checkpoint slice has no parameter 'layers.0.weight' and parameterNames maps none to it", 'layers.0.weight');
   });
 });

@@ -56,6 +56,72 @@ export function buildStageModel(
   opts: BuildStageOptions = {},
 ): Uint8Array {
   const uri = opts.uri ?? 'model.onnx';
+  const { stageModel, bound } = bindWeights(model, plan, stage, weights, opts);
+  const graph = stageModel.graph!;
+  const total = bound.reduce((a, t) => a + tensorBytes(t), 0);
+  const threshold = opts.externalDataThreshold ?? DEFAULT_EXTERNAL_DATA_THRESHOLD;
+  if (total > threshold) {
+    if (!opts.externalDataDir) {
+      throw new ShardserveError('Usage', `${uri}: stage ${stage} weights take ${total} bytes, over the ${threshold}-byte limit for one ONNX protobuf; give externalDataDir so they go to an external-data file`, { file: uri });
+    }
+    graph.initializer = writeExternalData(bound, opts.externalDataDir, opts.externalDataFile ?? `stage${stage}.onnx.data`);
+  }
+  return serializeOnnx(stageModel);
+}
+
+/** A weight onnxruntime reads from memory: the model's external-data references name it by `path`. */
+export interface InMemoryWeight {
+  path: string;
+  data: Uint8Array;
+}
+
+/**
+ * `stage` with `weights` bound, for a session in this process: every weight of EMBED_BELOW bytes or
+ * more stays in its own buffer, referenced as external data in a file of its own that exists only in
+ * memory (onnxruntime's `externalData` session option). The weights are not copied into the protobuf,
+ * nothing is written to disk, and no protobuf size limit applies. Errors as buildStageModel's.
+ */
+export function buildStageModelInMemory(
+  model: OnnxModel,
+  plan: PipelinePlan,
+  stage: number,
+  weights: Map<string, StageWeight>,
+  opts: Pick<BuildStageOptions, 'parameterNames' | 'uri'> = {},
+): { onnx: Uint8Array; externalData: InMemoryWeight[] } {
+  const { stageModel, bound } = bindWeights(model, plan, stage, weights, opts);
+  const externalData: InMemoryWeight[] = [];
+  stageModel.graph!.initializer = bound.map((t) => {
+    if (!t.rawData || t.rawData.byteLength < EMBED_BELOW) return t;
+    const path = `weights/${externalData.length}`;
+    externalData.push({ path, data: t.rawData });
+    return externalRef(t, path, 0);
+  });
+  return { onnx: serializeOnnx(stageModel), externalData };
+}
+
+/** `t` with its bytes replaced by a reference to `length` bytes at `offset` of external file `location`. */
+function externalRef(t: TensorProto, location: string, offset: number): TensorProto {
+  const { rawData, ...rest } = t;
+  return {
+    ...rest,
+    dataLocation: 1,
+    externalData: [
+      { key: 'location', value: location },
+      { key: 'offset', value: String(offset) },
+      { key: 'length', value: String(rawData!.byteLength) },
+    ],
+  };
+}
+
+/** The stage's model with its initializers replaced by the bound weights (checked against the graph). */
+function bindWeights(
+  model: OnnxModel,
+  plan: PipelinePlan,
+  stage: number,
+  weights: Map<string, StageWeight>,
+  opts: Pick<BuildStageOptions, 'parameterNames' | 'uri'>,
+): { stageModel: OnnxModel; bound: TensorProto[] } {
+  const uri = opts.uri ?? 'model.onnx';
   const stageModel = extractStageModel(model, plan, stage);
   const graph = stageModel.graph!;
   const parameters = new Set(plan.stages[stage].parameters);
@@ -106,16 +172,7 @@ export function buildStageModel(
     bound.push(t);
   }
   graph.initializer = bound;
-
-  const total = bound.reduce((a, t) => a + tensorBytes(t), 0);
-  const threshold = opts.externalDataThreshold ?? DEFAULT_EXTERNAL_DATA_THRESHOLD;
-  if (total > threshold) {
-    if (!opts.externalDataDir) {
-      throw new ShardserveError('Usage', `${uri}: stage ${stage} weights take ${total} bytes, over the ${threshold}-byte limit for one ONNX protobuf; give externalDataDir so they go to an external-data file`, { file: uri });
-    }
-    graph.initializer = writeExternalData(bound, opts.externalDataDir, opts.externalDataFile ?? `stage${stage}.onnx.data`);
-  }
-  return serializeOnnx(stageModel);
+  return { stageModel, bound };
 }
 
 /** Move every tensor of EMBED_BELOW bytes or more into one data file; returns the rewritten initializers. */
@@ -137,16 +194,7 @@ function writeExternalData(tensors: TensorProto[], dir: string, fileName: string
       while (written < t.rawData.byteLength) {
         written += writeSync(fd, t.rawData, written, t.rawData.byteLength - written, offset + written);
       }
-      const { rawData: _data, ...rest } = t;
-      out.push({
-        ...rest,
-        dataLocation: 1,
-        externalData: [
-          { key: 'location', value: fileName },
-          { key: 'offset', value: String(offset) },
-          { key: 'length', value: String(t.rawData.byteLength) },
-        ],
-      });
+      out.push(externalRef(t, fileName, offset));
       offset += t.rawData.byteLength;
     }
     fsyncSync(fd);

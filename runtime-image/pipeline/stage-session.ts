@@ -1,4 +1,5 @@
 import * as ort from 'onnxruntime-node';
+import type { InMemoryWeight } from '../../core/onnx/bind.js';
 import type { CancelSignal } from '../cancel.js';
 import { InferError } from '../errors.js';
 import { oipOfOrtType, ortTypeOf, typedView, type Tensor, type TensorMeta } from '../tensor.js';
@@ -50,11 +51,16 @@ export function fromOrtTensor(name: string, v: ort.Tensor): Tensor {
   return { name, datatype: oipOfOrtType(v.type), shape: [...v.dims], data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
 }
 
-/** One onnxruntime session; runs are serialized (one stage = one device's worth of compute). */
-export async function createOrtStage(onnx: Uint8Array | string, opts: OrtStageOptions = {}): Promise<StageExecutor> {
+/**
+ * One onnxruntime session; runs are serialized (one stage = one device's worth of compute).
+ * `externalData`: the in-memory files the model's external-data references name (onnxruntime copies
+ * them while creating the session).
+ */
+export async function createOrtStage(onnx: Uint8Array | string, opts: OrtStageOptions = {}, externalData?: InMemoryWeight[]): Promise<StageExecutor> {
+  const options = externalData?.length ? { ...sessionOptions(opts), externalData } : sessionOptions(opts);
   const session = typeof onnx === 'string'
-    ? await ort.InferenceSession.create(onnx, sessionOptions(opts))
-    : await ort.InferenceSession.create(onnx, sessionOptions(opts));
+    ? await ort.InferenceSession.create(onnx, options)
+    : await ort.InferenceSession.create(onnx, options);
   const inputs = session.inputMetadata.map(metaOf);
   const outputs = session.outputMetadata.map(metaOf);
   let queue: Promise<unknown> = Promise.resolve();

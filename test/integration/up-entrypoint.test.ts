@@ -81,7 +81,6 @@ describe('runtime-image/Dockerfile', () => {
   it('keeps every write under /tmp (read-only root filesystem)', () => {
     expect(final).toMatch(/TMPDIR=\/tmp/);
     expect(final).toMatch(/HOME=\/tmp/);
-    expect(final).toMatch(/SHARDSERVE_WORK_DIR=\/tmp/);
   });
 });
 
