@@ -4,6 +4,6 @@
 # equal); every other command (the operator, configured by its own NODE_OPTIONS) runs plain.
 # exec: node is the container's PID 1 and gets its signals.
 if [ "$1" = rank ]; then
-  exec node --initial-old-space-size=128 /app/bin/shardserve.mjs "$@"
+  exec node --initial-old-space-size=128 --expose-gc /app/bin/shardserve.mjs "$@"
 fi
 exec node /app/bin/shardserve.mjs "$@"

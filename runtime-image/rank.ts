@@ -17,6 +17,11 @@ import type { InMemoryWeight } from '../core/onnx/bind.js';
 import { createOrtStage, type OrtStageOptions, type StageExecutor } from './pipeline/stage-session.js';
 import { peerAddress, type RankEnv } from './rank-env.js';
 
+/** A full garbage collection when the process runs with --expose-gc (RANK_NODE_FLAGS); else nothing. */
+function collectGarbage(): void {
+  (globalThis as { gc?: () => void }).gc?.();
+}
+
 /** What a rank needs to run its part: the whole pipeline's shape and its own stage as ONNX bytes. */
 export interface LoadedStage {
   spec: PipelineSpec;
@@ -159,9 +164,13 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
     metrics.loadedBytes.set(loadedBytes);
     metrics.totalBytes.set(totalBytes);
     lifecycle.set('LOADING', 'creating the stage session');
+    // The load's garbage (the source model's bytes, read buffers) goes before onnxruntime copies the
+    // weights, and the slice's buffers right after: onnxruntime holds its own copy then. Unprompted,
+    // V8 keeps them until some later full collection (a slice's worth of resident memory, or two).
+    collectGarbage();
     executor = await createOrtStage(stage.onnx, opts.ort, stage.externalData);
-    // onnxruntime holds its own copy now: the slice's buffers can be collected.
     stage.externalData = undefined;
+    collectGarbage();
     const isLast = position.stage === env.pipelineStages - 1;
     if (!isLast) {
       const next = stageLeader(position.stage + 1, env.tensorParallel);
