@@ -141,7 +141,7 @@ describe('checkpoints over s3:// and http:// equal the local run', () => {
 });
 
 describe('the manifest over s3://', () => {
-  it('shardserve index writes it with one PUT; indexing then costs one GET + one HEAD instead of a round trip per record', async () => {
+  it('shardserve index writes it with one PUT; indexing then costs one GET + one HEAD instead of a chain of header reads', async () => {
     const env = server.env();
     const st = await openS3Storage('s3://models/many', { client: server.client() });
     const plain = await openS3Storage('s3://models/many', { client: proxyClient() });
@@ -149,7 +149,8 @@ describe('the manifest over s3://', () => {
     const direct = await openCheckpointObject(plain, 'rank_0/net.ckpt', { manifest: false });
     const withoutManifest = proxy.requests();
     expect(direct.tensors.size).toBe(200);
-    expect(withoutManifest).toBeGreaterThanOrEqual(200);
+    // 200 records of 4 KiB: the walk reads them 64 KiB at a time (one request per window, in turn).
+    expect(withoutManifest).toBeGreaterThanOrEqual(Math.floor(direct.source.size / (64 * 1024)));
 
     const r = await cli(['index', 's3://models/many', '--json'], env);
     expect(r.code, r.stderr).toBe(0);
