@@ -9,6 +9,9 @@ import { encodeCrcTrailer } from '../../core/ckpt/crc.js';
 import { ShardserveError } from '../../core/errors.js';
 import { indexSafetensors } from '../../core/safetensors/reader.js';
 import { parseStrategyFiles } from '../../core/strategy/reader.js';
+import { serializeOnnx } from '../../core/onnx/model.js';
+import { mlpNetwork, transformerNetwork } from '../../core/onnx/sample-networks.js';
+import { readOnnxSkeleton } from '../../core/onnx/skeleton.js';
 import { MUTATIONS, Rng, mutate, type Mutation } from './mutate.js';
 import { crc32 } from 'node:zlib';
 
@@ -122,6 +125,17 @@ describe('parser fuzzing (mutated real and synthetic inputs)', () => {
       const name = (i % 5 === 0 ? !looksJson : looksJson) ? 's.json' : 's.ckpt';
       return parseStrategyFiles([{ name, bytes }, ...(i % 7 === 0 ? [{ name: 'other.ckpt', bytes: pb[i % pb.length] }] : [])], 'fuzz');
     }, 3);
+    expect(r.failures).toEqual([]);
+    expect(r.cases).toBe(CASES);
+  });
+
+  it(`readOnnxSkeleton survives ${CASES} mutated inputs`, async () => {
+    // A real MindSpore export (weights over the skip size among them) and models with large weights.
+    const seeds = [readFileSync(fileURLToPath(new URL('../../examples/model/net.onnx', import.meta.url))), serializeOnnx(mlpNetwork([16, 160, 128, 4]).model), serializeOnnx(transformerNetwork(128, 4, 160).model)];
+    const r = await fuzz('onnx', seeds, async (bytes) => {
+      const sk = await readOnnxSkeleton(memorySource('fuzz.onnx', bytes));
+      await sk.fill(sk.skipped.keys());
+    }, 4);
     expect(r.failures).toEqual([]);
     expect(r.cases).toBe(CASES);
   });

@@ -2,12 +2,14 @@ import * as ort from 'onnxruntime-node';
 import { afterAll, describe, expect, it } from 'vitest';
 import { bytesOf, cutByNodes, mlpModel, runSingleDevice, transformerBlockModel } from './serve-models.js';
 import { call, oipClient, startInProcessGroup, type InProcessGroup } from './serve-client.js';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededFloats } from '../../core/onnx/graph-builder.js';
 import { mlpNetwork, transformerNetwork } from '../../core/onnx/sample-networks.js';
-import { loadCheckpointStage } from '../../runtime-image/load-stage.js';
+import { loadCheckpointStage, planFor } from '../../runtime-image/load-stage.js';
+import { parseOnnx } from '../../core/onnx/model.js';
+import { loadStrategy } from '../../core/reshard/session.js';
 import { positionOf } from '../../runtime-image/pipeline/spec.js';
 import { fixtureConfig, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
 
@@ -82,6 +84,7 @@ describe('ranks loading their slice from a sharded checkpoint answer like the me
   const nets = [
     ['MLP', () => mlpNetwork()],
     ['transformer encoder (residuals cross every cut, an output produced in stage 0)', () => transformerNetwork()],
+    ['MLP with 256 KiB weights (left unread in the model), one of them a constant of the model, not of the checkpoint', mlpWithConstant],
   ] as const;
   for (const [label, makeNet] of nets) {
     for (const stages of [1, 2, 4]) {
@@ -123,6 +126,39 @@ describe('ranks loading their slice from a sharded checkpoint answer like the me
     expect(loaded.sliceBytes).toBe(own);
     expect(loaded.checkpointMs!.plan).toBeGreaterThan(0);
     expect(loaded.checkpointMs!.reads).toBeGreaterThan(0);
+  });
+});
+
+/** An MLP whose large weights (layers.1 and .2, 256 KiB each) the model file carries, as every export does; layers.2.weight is in no checkpoint. */
+function mlpWithConstant() {
+  const net = mlpNetwork([16, 256, 256, 256, 4]);
+  const weights = new Map(net.weights);
+  weights.delete('layers.2.weight');
+  return { ...net, weights };
+}
+
+describe('a rank reads of the model file its graph and its own stage\'s constants', () => {
+  it('not the weights its checkpoint slice replaces, nor the other stages\'', async () => {
+    const net = mlpWithConstant();
+    const fixture = writeServeFixture(mkdtempSync(join(tmpdir(), 'serve-ckpt-')), net, 2);
+    const modelBytes = statSync(fixture.model).size;
+    const constant = 256 * 256 * 4;
+    const rchar = () => Number(/^rchar:\s+(\d+)/m.exec(readFileSync('/proc/self/io', 'utf8'))![1]);
+    const config = fixtureConfig(fixture, { grpc: 0, http: 0, rank: 0 });
+    const plan = planFor(parseOnnx(readFileSync(fixture.model)), await loadStrategy(fixture.strategy), config, 2);
+    const stageOfConstant = plan.stages.findIndex((s) => s.initializers.includes('layers.2.weight'));
+    expect(stageOfConstant).toBeGreaterThanOrEqual(0);
+    for (const stage of [0, 1]) {
+      const before = rchar();
+      const loaded = await loadCheckpointStage(config, positionOf(stage, 2, 1), () => undefined);
+      const read = rchar() - before;
+      // The graph and small tensors, the slice (with the checkpoint's record headers), and the
+      // constant when it is this stage's: never the model's other 256 KiB weights.
+      const floor = loaded.sliceBytes + (stage === stageOfConstant ? constant : 0);
+      expect(read).toBeGreaterThanOrEqual(floor);
+      expect(read).toBeLessThan(floor + (modelBytes - 2 * constant) + 128 * 1024);
+      expect(modelBytes).toBeGreaterThan(2 * constant);
+    }
   });
 });
 
