@@ -68,6 +68,17 @@ describe('readOnnxSkeleton', () => {
     expect(sk.model.graph!.initializer!.find((t) => t.name === 'i')!.rawData!.byteLength).toBe(n * 4);
   });
 
+  it('walks past a 10-byte varint (a negative int64) as parseOnnx does', async () => {
+    const model = mlpNetwork([16, 256, 256, 4]).model;
+    model.modelVersion = -1;
+    const bytes = serializeOnnx(model);
+    const sk = await readOnnxSkeleton(memorySource('mem/net.onnx', bytes));
+    expect(sk.skipped.size).toBe(1);
+    await sk.fill(sk.skipped.keys());
+    expectSameModel(sk.model, parseOnnx(bytes));
+    expect(sk.model.modelVersion).toBe(-1);
+  });
+
   it('names the file when the bytes are not an ONNX model', async () => {
     const bytes = serializeOnnx(mlpNetwork([16, 256, 256, 4]).model);
     for (const [bad, message] of [

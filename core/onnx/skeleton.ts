@@ -2,9 +2,10 @@
  * An ONNX model read without the bytes of its large weights. A model exported by MindSpore carries
  * every weight of the network, but a rank replaces the weights of its own stage with its checkpoint
  * slice and drops the other stages': reading the whole file costs every rank a model's worth of bytes
- * (and of memory while it loads). Here the raw_data of every floating-point initializer of
- * LAZY_BYTES or more is skipped, its place recorded; everything else is read and parsed as usual, and
- * `fill` reads the skipped bytes of the initializers that turn out to be needed.
+ * (and of memory while it loads). Here the raw_data of every initializer of LAZY_BYTES or more is
+ * skipped, its place recorded, except int32/int64 ones (shape arguments, which planning reads);
+ * everything else is read and parsed as usual, and `fill` reads the skipped bytes of the
+ * initializers that turn out to be needed.
  */
 import type { ByteRange } from '../checkpoint/types.js';
 import { ShardserveError } from '../errors.js';
@@ -79,6 +80,17 @@ class Cursor {
     throw new Malformed(`a varint at offset ${this.pos - 10} is longer than 10 bytes`);
   }
 
+  /** Moves past a varint whatever its value (an int64 field may hold a negative number: 10 bytes). */
+  async skipVarint(): Promise<void> {
+    for (let i = 0; i < 10; i++) {
+      if (this.pos >= this.base + this.buf.length) await this.need(1);
+      const b = this.buf[this.pos - this.base];
+      this.pos++;
+      if ((b & 0x80) === 0) return;
+    }
+    throw new Malformed(`a varint at offset ${this.pos - 10} is longer than 10 bytes`);
+  }
+
   /** Moves past `n` bytes without reading them; the next window is small again. */
   skip(n: number): void {
     this.pos += n;
@@ -118,7 +130,7 @@ async function walk(cursor: Cursor, end: number, out: Uint8Array[], on: (field: 
     if (await on(field, wire, keyAt)) continue;
     let length: number;
     if (wire === VARINT) {
-      await cursor.varint();
+      await cursor.skipVarint();
       length = cursor.pos - keyAt;
       cursor.pos = keyAt;
     } else if (wire === I64 || wire === I32) {
@@ -137,7 +149,7 @@ async function walk(cursor: Cursor, end: number, out: Uint8Array[], on: (field: 
   if (cursor.pos !== end) throw new Malformed(`a field runs past the end of its message at offset ${end}`);
 }
 
-/** The model in `source` with the raw_data of its large floating-point initializers left unread. */
+/** The model in `source` with the raw_data of its large initializers (other than int32/int64) left unread. */
 export async function readOnnxSkeleton(source: ByteSource, uri = source.uri): Promise<OnnxSkeleton> {
   const cursor = new Cursor(source);
   // Per initializer, in file order: its skipped raw_data, if any.
@@ -163,11 +175,15 @@ export async function readOnnxSkeleton(source: ByteSource, uri = source.uri): Pr
         await walk(cursor, tEnd, tensorFields, async (tField, tWire) => {
           if (tField === TENSOR_DATA_TYPE && tWire === VARINT) {
             const at = cursor.pos;
-            dataType = await cursor.varint();
+            await cursor.skipVarint();
+            const end = cursor.pos;
+            cursor.pos = at;
+            // A data type takes one byte; anything longer is left to the parser (and never skipped).
+            dataType = end - at === 1 ? (await cursor.bytes(1))[0] : -1;
             cursor.pos = at;
             return false;
           }
-          if (tField !== TENSOR_RAW_DATA || tWire !== LEN || dataType === undefined || KEEP_TYPES.has(dataType)) return false;
+          if (tField !== TENSOR_RAW_DATA || tWire !== LEN || dataType === undefined || dataType < 0 || KEEP_TYPES.has(dataType)) return false;
           const at = cursor.pos;
           const n = await cursor.varint();
           if (n < LAZY_BYTES) {
