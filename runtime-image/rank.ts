@@ -164,9 +164,9 @@ export async function startRank(opts: RankOptions): Promise<RankHandle> {
     metrics.loadedBytes.set(loadedBytes);
     metrics.totalBytes.set(totalBytes);
     lifecycle.set('LOADING', 'creating the stage session');
-    // The load's garbage (the source model's bytes, read buffers) goes before onnxruntime copies the
+    // The load's garbage (the parsed source model, read buffers) goes before onnxruntime copies the
     // weights, and the slice's buffers right after: onnxruntime holds its own copy then. Unprompted,
-    // V8 keeps them until some later full collection (a slice's worth of resident memory, or two).
+    // V8 keeps them until some later full collection (a slice's worth of resident memory, or more).
     collectGarbage();
     executor = await createOrtStage(stage.onnx, opts.ort, stage.externalData);
     stage.externalData = undefined;
