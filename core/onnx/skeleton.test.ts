@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { memorySource } from '../ckpt/decrypt.js';
+import { WireWriter } from '../ckpt/wire.js';
 import { ShardserveError } from '../errors.js';
 import { GraphBuilder, seededFloats } from './graph-builder.js';
 import { type OnnxModel, parseOnnx, serializeOnnx } from './model.js';
@@ -77,6 +78,24 @@ describe('readOnnxSkeleton', () => {
     await sk.fill(sk.skipped.keys());
     expectSameModel(sk.model, parseOnnx(bytes));
     expect(sk.model.modelVersion).toBe(-1);
+  });
+
+  it('keeps protobuf\'s last-one-wins: a data type given again after the bytes, a second raw_data', async () => {
+    const big = new Uint8Array(LAZY_BYTES).fill(3);
+    const tensor = (fields: (w: WireWriter) => WireWriter) => fields(new WireWriter().key(1, 0).varint(LAZY_BYTES / 8).string(8, 't')).finish();
+    const modelOf = (t: Uint8Array) => new WireWriter().key(1, 0).varint(8).bytes(7, new WireWriter().string(2, 'g').bytes(5, t).finish()).finish();
+    const cases = [
+      // Float at first, int64 in the end: an integer tensor, whose bytes are read.
+      tensor((w) => w.key(2, 0).varint(1).bytes(9, big).key(2, 0).varint(7)),
+      // A large raw_data, then a small one: the small one counts.
+      tensor((w) => w.key(2, 0).varint(1).bytes(9, big).bytes(9, new Uint8Array(8).fill(5))),
+    ];
+    for (const t of cases) {
+      const bytes = modelOf(t);
+      const sk = await readOnnxSkeleton(memorySource('mem/net.onnx', bytes));
+      expect(sk.skipped.size).toBe(0);
+      expectSameModel(sk.model, parseOnnx(bytes));
+    }
   });
 
   it('names the file when the bytes are not an ONNX model', async () => {

@@ -183,7 +183,9 @@ export async function readOnnxSkeleton(source: ByteSource, uri = source.uri): Pr
             cursor.pos = at;
             return false;
           }
-          if (tField !== TENSOR_RAW_DATA || tWire !== LEN || dataType === undefined || dataType < 0 || KEEP_TYPES.has(dataType)) return false;
+          if (tField !== TENSOR_RAW_DATA || tWire !== LEN) return false;
+          skipped = undefined; // a repeated raw_data: the last one counts
+          if (dataType === undefined || dataType < 0 || KEEP_TYPES.has(dataType)) return false;
           const at = cursor.pos;
           const n = await cursor.varint();
           if (n < LAZY_BYTES) {
@@ -210,9 +212,13 @@ export async function readOnnxSkeleton(source: ByteSource, uri = source.uri): Pr
   const model = parseOnnx(Buffer.concat(parts), uri);
   const initializers = model.graph!.initializer ?? [];
   const skipped = new Map<string, ByteRange>();
-  skippedByIndex.forEach((range, i) => {
-    if (range) skipped.set(initializers[i].name ?? '', range);
-  });
+  for (let i = 0; i < skippedByIndex.length; i++) {
+    const range = skippedByIndex[i];
+    if (!range) continue;
+    // A data type given again after the bytes counts (the last one): an integer tensor is read now.
+    if (KEEP_TYPES.has(initializers[i].dataType ?? -1)) initializers[i].rawData = await source.read(range.offset, range.length);
+    else skipped.set(initializers[i].name ?? '', range);
+  }
   return {
     model,
     skipped,
