@@ -52,6 +52,7 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
   if (firsts.length !== stages.length) return full();
   const fileOf = (r: number, index: CheckpointIndex): SourceFile => ({ rank: r, uri: source.storage.uriOf(source.rankKeys.get(r)!), tensors: index.tensors });
   let needed: Set<number>;
+  let guess: ReadPlan;
   // Each rank's stage representative, the file it is probably laid out like.
   const layoutOf = new Map<number, CheckpointIndex>();
   try {
@@ -63,7 +64,7 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
         layoutOf.set(r, first);
       }
     }
-    const guess = planRank({ source: source.strategy, files: assumed, destination, rank });
+    guess = planRank({ source: source.strategy, files: assumed, destination, rank });
     needed = new Set([...firsts, ...guess.tensors.flatMap((t) => t.copies.map((c) => c.rank))]);
   } catch {
     return full();
@@ -72,12 +73,32 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
   // The other files of a stage are laid out like its representative: their record headers are read
   // ahead, all at once (on a cold page cache, one after the other costs a disk round trip each).
   const indexes = await source.indexesOf(ranks, (r) => layoutOf.get(r));
+  // Files laid out exactly like their representative (the usual case: one training job, one layout)
+  // give the plan the guess gave: same holders, same byte ranges (see sameLayout).
+  if (ranks.every((r) => sameLayout(indexes.get(r)!, layoutOf.get(r)))) return { plan: guess, indexes };
   const files = new Map(ranks.map((r) => [r, fileOf(r, indexes.get(r)!)]));
   try {
     return { plan: planRank({ source: source.strategy, files, destination, rank }), indexes };
   } catch {
     return full();
   }
+}
+
+/**
+ * True when `a` holds exactly the tensors `b` holds, with the same dtypes, shapes and byte ranges.
+ * Then a plan made as if a were b is a's plan: planRank reads nothing else of a file, and the holder
+ * it picks for a piece (this rank's own, else the lowest) is among the files read either way.
+ */
+function sameLayout(a: CheckpointIndex, b: CheckpointIndex | undefined): boolean {
+  if (!b || a === b) return a === b;
+  if (a.tensors.size !== b.tensors.size) return false;
+  for (const [name, x] of a.tensors) {
+    const y = b.tensors.get(name);
+    if (!y || x.dtype !== y.dtype || x.byteLength !== y.byteLength || x.shape.length !== y.shape.length || x.pieces.length !== y.pieces.length) return false;
+    if (x.shape.some((d, i) => d !== y.shape[i])) return false;
+    if (x.pieces.some((p, i) => p.offset !== y.pieces[i].offset || p.length !== y.pieces[i].length)) return false;
+  }
+  return true;
 }
 
 /**

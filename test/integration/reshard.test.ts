@@ -159,7 +159,8 @@ describe('loadDestinationSlice opens only the files a rank reads', () => {
     return Uint8Array.from(out);
   };
 
-  async function writeTp8(): Promise<{ checkpoint: string; strategy: string }> {
+  /** `flipped` ranks write their records in the other order (w_out first): laid out unlike the rest. */
+  async function writeTp8(flipped: (rank: number) => boolean = () => false): Promise<{ checkpoint: string; strategy: string }> {
     const root = mkdtempSync(join(tmpdir(), 'few-files-'));
     const layout = (tensorMap: number[]) => ({ devMatrix: [SRC], tensorMap, paramSplitShape: [], indicesOffset: [], field: 0, optShardStep: 0, optShardSize: 0 });
     const strategy: Strategy = {
@@ -174,10 +175,11 @@ describe('loadDestinationSlice opens only the files a rank reads', () => {
       mkdirSync(join(root, 'ckpt', `rank_${r}`), { recursive: true });
       const rows = ROWS / SRC;
       const cols = COLS / SRC;
-      const w = await createTensorFileWriter(join(root, 'ckpt', `rank_${r}`, 'net-1_1.ckpt'), 'mindspore-ckpt', [
-        { name: 'w_in', dtype: 'F16', shape: [rows, COLS] },
-        { name: 'w_out', dtype: 'F16', shape: [ROWS, cols] },
-      ]);
+      const specs = [
+        { name: 'w_in', dtype: 'F16' as const, shape: [rows, COLS] },
+        { name: 'w_out', dtype: 'F16' as const, shape: [ROWS, cols] },
+      ];
+      const w = await createTensorFileWriter(join(root, 'ckpt', `rank_${r}`, 'net-1_1.ckpt'), 'mindspore-ckpt', flipped(r) ? specs.reverse() : specs);
       await w.writeAt('w_in', 0, cut(win, r * rows, (r + 1) * rows, 0, COLS));
       await w.writeAt('w_out', 0, cut(wout, 0, ROWS, r * cols, (r + 1) * cols));
       await w.commit();
@@ -191,6 +193,18 @@ describe('loadDestinationSlice opens only the files a rank reads', () => {
       const slice = await loadDestinationSlice({ ...w, target: { world: 4, stages: 1, tp: 4 }, rank });
       expect(slice.stats.indexedRanks).toEqual([2 * rank, 2 * rank + 1]);
       expect(slice.plan.files.map((f) => f.rank)).toEqual([2 * rank, 2 * rank + 1]);
+      expect(Buffer.from(slice.tensors.get('w_in')!.data)).toEqual(Buffer.from(cut(win, rank * 4, rank * 4 + 4, 0, COLS)));
+      expect(Buffer.from(slice.tensors.get('w_out')!.data)).toEqual(Buffer.from(cut(wout, 0, ROWS, rank * 8, rank * 8 + 8)));
+    }
+  });
+
+  it('plans from a file\'s own index when it is laid out unlike the file it was guessed from', async () => {
+    // Odd ranks hold their records in the other order: the guess (every file like rank 2R) is wrong
+    // about rank 2R+1's byte ranges, and its slices come out right only from its own index.
+    const w = await writeTp8((r) => r % 2 === 1);
+    for (let rank = 0; rank < 4; rank++) {
+      const slice = await loadDestinationSlice({ ...w, target: { world: 4, stages: 1, tp: 4 }, rank });
+      expect(slice.stats.indexedRanks).toEqual([2 * rank, 2 * rank + 1]);
       expect(Buffer.from(slice.tensors.get('w_in')!.data)).toEqual(Buffer.from(cut(win, rank * 4, rank * 4 + 4, 0, COLS)));
       expect(Buffer.from(slice.tensors.get('w_out')!.data)).toEqual(Buffer.from(cut(wout, 0, ROWS, rank * 8, rank * 8 + 8)));
     }
