@@ -7,7 +7,19 @@ import { ShardserveError } from '../errors.js';
 import { GraphBuilder, seededFloats } from './graph-builder.js';
 import { type OnnxModel, parseOnnx, serializeOnnx } from './model.js';
 import { mlpNetwork, transformerNetwork } from './sample-networks.js';
-import { LAZY_BYTES, readOnnxSkeleton } from './skeleton.js';
+import { LOCAL_TUNING, REMOTE_TUNING, readOnnxSkeleton } from './skeleton.js';
+
+const LAZY_BYTES = LOCAL_TUNING.lazyBytes;
+
+/** Bytes as a local file reads them (synchronous reads too: the skeleton then reads as from a local file). */
+function localSource(bytes: Uint8Array, reads = { count: 0 }) {
+  const s = memorySource('mem/net.onnx', bytes);
+  const read = s.read.bind(s);
+  return Object.assign(s, {
+    read: (offset: number, length: number) => (reads.count++, read(offset, length)),
+    readSync: (offset: number, length: number) => bytes.slice(offset, offset + length),
+  });
+}
 
 const EXAMPLE = fileURLToPath(new URL('../../examples/model/net.onnx', import.meta.url));
 
@@ -24,7 +36,7 @@ describe('readOnnxSkeleton', () => {
     const net = mlpNetwork([16, 256, 256, 256, 4]); // three 256 KiB-or-larger weights, small biases
     const bytes = serializeOnnx(net.model);
     const full = parseOnnx(bytes);
-    const source = memorySource('mem/net.onnx', bytes);
+    const source = localSource(bytes);
     const sk = await readOnnxSkeleton(source);
     const big = full.graph!.initializer!.filter((t) => t.rawData!.byteLength >= LAZY_BYTES).map((t) => t.name!);
     expect(big.length).toBe(2); // [256,256] twice; [16,256] and [256,4] are under 64 KiB
@@ -50,11 +62,28 @@ describe('readOnnxSkeleton', () => {
 
   it('gives the model parseOnnx gives for a real MindSpore export and for a transformer block', async () => {
     for (const [bytes, skips] of [[readFileSync(EXAMPLE), 4], [serializeOnnx(transformerNetwork(128, 8, 512).model), 12]] as const) {
-      const sk = await readOnnxSkeleton(memorySource('mem/net.onnx', bytes));
+      const sk = await readOnnxSkeleton(localSource(bytes));
       expect(sk.skipped.size).toBe(skips);
       await sk.fill(sk.skipped.keys());
       expectSameModel(sk.model, parseOnnx(bytes));
     }
+  });
+
+  it('reads a remote object (no synchronous reads) in a few large requests, skipping only weights over 4 MiB', async () => {
+    // Eleven 256 KiB weights, one of 2 MiB and one of 8 MiB: from a local file all thirteen are skipped.
+    const net = mlpNetwork([16, ...new Array(12).fill(256), 2048, 1024, 4]);
+    const bytes = serializeOnnx(net.model);
+    expect((await readOnnxSkeleton(localSource(bytes))).skipped.size).toBe(13);
+    let reads = 0;
+    const remote = memorySource('mem/net.onnx', bytes);
+    const read = remote.read.bind(remote);
+    remote.read = (offset, length) => (reads++, read(offset, length));
+    const sk = await readOnnxSkeleton(remote);
+    expect([...sk.skipped.keys()]).toEqual(['layers.13.weight']);
+    expect(sk.skipped.get('layers.13.weight')!.length).toBe(2048 * 1024 * 4);
+    expect(reads).toBeLessThanOrEqual(Math.ceil((bytes.byteLength - 8 * 2 ** 20) / REMOTE_TUNING.minWindow) + 1);
+    await sk.fill(sk.skipped.keys());
+    expectSameModel(sk.model, parseOnnx(bytes));
   });
 
   it('never skips integer tensors (shape arguments)', async () => {
@@ -64,7 +93,7 @@ describe('readOnnxSkeleton', () => {
     const ints = new Int32Array(n).fill(7);
     const model = g.model();
     model.graph!.initializer!.push({ name: 'i', dims: [n], dataType: 6, rawData: new Uint8Array(ints.buffer) });
-    const sk = await readOnnxSkeleton(memorySource('mem/net.onnx', serializeOnnx(model)));
+    const sk = await readOnnxSkeleton(localSource(serializeOnnx(model)));
     expect([...sk.skipped.keys()]).toEqual(['f']);
     expect(sk.model.graph!.initializer!.find((t) => t.name === 'i')!.rawData!.byteLength).toBe(n * 4);
   });
@@ -73,7 +102,7 @@ describe('readOnnxSkeleton', () => {
     const model = mlpNetwork([16, 256, 256, 4]).model;
     model.modelVersion = -1;
     const bytes = serializeOnnx(model);
-    const sk = await readOnnxSkeleton(memorySource('mem/net.onnx', bytes));
+    const sk = await readOnnxSkeleton(localSource(bytes));
     expect(sk.skipped.size).toBe(1);
     await sk.fill(sk.skipped.keys());
     expectSameModel(sk.model, parseOnnx(bytes));
@@ -92,7 +121,7 @@ describe('readOnnxSkeleton', () => {
     ];
     for (const t of cases) {
       const bytes = modelOf(t);
-      const sk = await readOnnxSkeleton(memorySource('mem/net.onnx', bytes));
+      const sk = await readOnnxSkeleton(localSource(bytes));
       expect(sk.skipped.size).toBe(0);
       expectSameModel(sk.model, parseOnnx(bytes));
     }
@@ -105,7 +134,7 @@ describe('readOnnxSkeleton', () => {
       [Buffer.from('not a model at all'), /^mem\/net\.onnx: /],
       [Uint8Array.from([0x08, 0x07]), /^mem\/net\.onnx: ONNX model has no graph \(field 7\); expected a ModelProto$/],
     ] as const) {
-      const e = await readOnnxSkeleton(memorySource('mem/net.onnx', bad)).catch((x) => x);
+      const e = await readOnnxSkeleton(localSource(bad)).catch((x) => x);
       expect(e).toBeInstanceOf(ShardserveError);
       expect(e.code).toBe('OnnxParse');
       expect(e.message).toMatch(message);

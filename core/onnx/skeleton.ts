@@ -2,7 +2,7 @@
  * An ONNX model read without the bytes of its large weights. A model exported by MindSpore carries
  * every weight of the network, but a rank replaces the weights of its own stage with its checkpoint
  * slice and drops the other stages': reading the whole file costs every rank a model's worth of bytes
- * (and of memory while it loads). Here the raw_data of every initializer of LAZY_BYTES or more is
+ * (and of memory while it loads). Here the raw_data of every large initializer (see SkeletonTuning) is
  * skipped, its place recorded, except int32/int64 ones (shape arguments, which planning reads);
  * everything else is read and parsed as usual, and `fill` reads the skipped bytes of the
  * initializers that turn out to be needed.
@@ -12,11 +12,24 @@ import { ShardserveError } from '../errors.js';
 import type { ByteSource } from '../storage/source.js';
 import { type OnnxModel, OnnxDataType, parseOnnx } from './model.js';
 
-/** raw_data of at least this many bytes is skipped (integer tensors, shape arguments, never are). */
-export const LAZY_BYTES = 64 * 1024;
-/** Window read after a skip (the next initializer's header), doubling up to MAX_WINDOW while reads run on. */
-const MIN_WINDOW = 4 * 1024;
-const MAX_WINDOW = 1024 * 1024;
+/**
+ * What is skipped and how the file is read. raw_data of at least `lazyBytes` is skipped (integer
+ * tensors, shape arguments, never are); a window of `minWindow` is read after a skip (the next
+ * initializer's header), doubling up to `maxWindow` while reads run on.
+ */
+export interface SkeletonTuning {
+  lazyBytes: number;
+  minWindow: number;
+  maxWindow: number;
+}
+/** A local file (it reads synchronously): reads are cheap, small windows, skip from 64 KiB. */
+export const LOCAL_TUNING: SkeletonTuning = { lazyBytes: 64 * 1024, minWindow: 4 * 1024, maxWindow: 1024 * 1024 };
+/**
+ * A remote object: every window is a request, so windows are large and only what costs more to
+ * transfer than a request (4 MiB, tens of ms) is skipped: a model of many mid-sized weights is read
+ * in a few large requests, not one small request per weight.
+ */
+export const REMOTE_TUNING: SkeletonTuning = { lazyBytes: 4 * 1024 * 1024, minWindow: 1024 * 1024, maxWindow: 16 * 1024 * 1024 };
 
 const VARINT = 0;
 const I64 = 1;
@@ -42,10 +55,12 @@ class Malformed extends Error {}
 class Cursor {
   private buf: Uint8Array = new Uint8Array(0);
   private base = 0;
-  private window = MIN_WINDOW;
+  private window: number;
   pos = 0;
 
-  constructor(private readonly source: ByteSource) {}
+  constructor(private readonly source: ByteSource, private readonly tuning: SkeletonTuning) {
+    this.window = tuning.minWindow;
+  }
 
   private async need(n: number): Promise<void> {
     if (this.pos >= this.base && this.pos + n <= this.base + this.buf.length) return;
@@ -53,7 +68,7 @@ class Cursor {
     const len = Math.min(Math.max(n, this.window), this.source.size - this.pos);
     this.buf = await this.source.read(this.pos, len);
     this.base = this.pos;
-    this.window = Math.min(this.window * 2, MAX_WINDOW);
+    this.window = Math.min(this.window * 2, this.tuning.maxWindow);
   }
 
   async bytes(n: number): Promise<Uint8Array> {
@@ -95,7 +110,7 @@ class Cursor {
   skip(n: number): void {
     this.pos += n;
     if (this.pos > this.source.size) throw new Malformed(`a field ending at offset ${this.pos} runs past the end of the file`);
-    this.window = MIN_WINDOW;
+    this.window = this.tuning.minWindow;
   }
 }
 
@@ -150,8 +165,8 @@ async function walk(cursor: Cursor, end: number, out: Uint8Array[], on: (field: 
 }
 
 /** The model in `source` with the raw_data of its large initializers (other than int32/int64) left unread. */
-export async function readOnnxSkeleton(source: ByteSource, uri = source.uri): Promise<OnnxSkeleton> {
-  const cursor = new Cursor(source);
+export async function readOnnxSkeleton(source: ByteSource, uri = source.uri, tuning: SkeletonTuning = source.readSync ? LOCAL_TUNING : REMOTE_TUNING): Promise<OnnxSkeleton> {
+  const cursor = new Cursor(source, tuning);
   // Per initializer, in file order: its skipped raw_data, if any.
   const skippedByIndex: (ByteRange | undefined)[] = [];
   const modelFields: Uint8Array[] = [];
@@ -188,7 +203,7 @@ export async function readOnnxSkeleton(source: ByteSource, uri = source.uri): Pr
           if (dataType === undefined || dataType < 0 || KEEP_TYPES.has(dataType)) return false;
           const at = cursor.pos;
           const n = await cursor.varint();
-          if (n < LAZY_BYTES) {
+          if (n < tuning.lazyBytes) {
             cursor.pos = at;
             return false;
           }
