@@ -25,8 +25,8 @@ function collectGarbage(): void {
 /** What a rank needs to run its part: the whole pipeline's shape and its own stage as ONNX bytes. */
 export interface LoadedStage {
   spec: PipelineSpec;
-  /** The stage model's bytes, or the path of a saved model whose weights are in external data. */
-  onnx: Uint8Array | string;
+  /** The stage model's bytes (its large weights, if any, referenced as external data). */
+  onnx: Uint8Array;
   /** Weights the model's external-data references name, handed to onnxruntime in memory (and then let go). */
   externalData?: InMemoryWeight[];
   /** Bytes of checkpoint slice this rank loaded (for status/metrics). */

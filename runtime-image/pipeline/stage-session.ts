@@ -56,11 +56,9 @@ export function fromOrtTensor(name: string, v: ort.Tensor): Tensor {
  * `externalData`: the in-memory files the model's external-data references name (onnxruntime copies
  * them while creating the session).
  */
-export async function createOrtStage(onnx: Uint8Array | string, opts: OrtStageOptions = {}, externalData?: InMemoryWeight[]): Promise<StageExecutor> {
+export async function createOrtStage(onnx: Uint8Array, opts: OrtStageOptions = {}, externalData?: InMemoryWeight[]): Promise<StageExecutor> {
   const options = externalData?.length ? { ...sessionOptions(opts), externalData } : sessionOptions(opts);
-  const session = typeof onnx === 'string'
-    ? await ort.InferenceSession.create(onnx, options)
-    : await ort.InferenceSession.create(onnx, options);
+  const session = await ort.InferenceSession.create(onnx, options);
   const inputs = session.inputMetadata.map(metaOf);
   const outputs = session.outputMetadata.map(metaOf);
   let queue: Promise<unknown> = Promise.resolve();
