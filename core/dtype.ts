@@ -8,6 +8,13 @@ export const DTYPE_BYTES: Record<DType, number> = {
   F16: 2, BF16: 2, F32: 4, F64: 8,
 };
 
+/** True when two shapes have the same dims. */
+export function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 export function elementCount(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;

@@ -1,4 +1,4 @@
-import { DTYPE_BYTES, type DType } from '../dtype.js';
+import { DTYPE_BYTES, type DType, sameShape } from '../dtype.js';
 import { ShardserveError } from '../errors.js';
 import type { ByteRange, CheckpointIndex, DecryptionOptions, StringEntry, TensorEntry } from '../checkpoint/types.js';
 import type { ByteSource } from '../storage/source.js';
@@ -332,7 +332,7 @@ class EntryBuilder {
   async add(rec: CkptRecord): Promise<void> {
     const p = this.pending;
     if (p && p.first.tag === rec.tag) {
-      if (rec.kind !== p.first.kind || rec.tensorType.toLowerCase() !== p.first.tensorType.toLowerCase() || !sameDims(rec.dims, p.first.dims)) {
+      if (rec.kind !== p.first.kind || rec.tensorType.toLowerCase() !== p.first.tensorType.toLowerCase() || !sameShape(rec.dims, p.first.dims)) {
         throw this.error('InconsistentChunks', rec.tag,
           `record at offset ${rec.offset} (${rec.tensorType || rec.kind} [${rec.dims}]) disagrees with the earlier chunk (${p.first.tensorType || p.first.kind} [${p.first.dims}])`);
       }
@@ -386,10 +386,6 @@ class EntryBuilder {
   private error(code: string, param: string, what: string): ShardserveError {
     return new ShardserveError(code, `${this.uri}: parameter '${param}': ${what}`, { file: this.uri, param });
   }
-}
-
-function sameDims(a: number[], b: number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
 function expectedBytes(dtype: DType, shape: number[]): number | undefined {

@@ -5,7 +5,7 @@
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { type DType, byteSize } from '../dtype.js';
+import { type DType, byteSize, sameShape } from '../dtype.js';
 import { ShardserveError } from '../errors.js';
 import type { OnnxModel, TensorProto } from './model.js';
 import { dtypeOfOnnx, onnxDataType, onnxDataTypeName, serializeOnnx } from './model.js';
@@ -36,10 +36,6 @@ function tensorBytes(t: TensorProto): number {
   const n = (t.floatData?.length ?? 0) * 4 + (t.int32Data?.length ?? 0) * 4 + (t.int64Data?.length ?? 0) * 8
     + (t.doubleData?.length ?? 0) * 8 + (t.uint64Data?.length ?? 0) * 8;
   return n + (t.stringData ?? []).reduce((a, s) => a + s.byteLength, 0);
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
 /**

@@ -1,5 +1,5 @@
 import type { ByteRange, TensorEntry } from '../checkpoint/types.js';
-import { DTYPE_BYTES, type DType } from '../dtype.js';
+import { DTYPE_BYTES, type DType, sameShape } from '../dtype.js';
 import { ShardserveError } from '../errors.js';
 import { type Box, distinctPieces, fieldView, fullShapeFromSlice, intersectBoxes, product, rankBox } from '../layout/box.js';
 import type { ParamLayout, Strategy } from '../strategy/types.js';
@@ -104,12 +104,6 @@ function destinationParams(input: PlanInput, stage: number): Array<{ name: strin
   return out;
 }
 
-function sameDims(a: readonly number[], b: readonly number[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
 /** A layout's memo key within a plan, kept per layout object (parsed layouts are not changed). */
 const layoutKeys = new WeakMap<ParamLayout, string>();
 function layoutKey(layout: ParamLayout): string {
@@ -200,12 +194,12 @@ export function planRank(input: PlanInput): ReadPlan {
       if (!entry) continue;
       const ctx = { param: name, file: f.uri };
       const srcLocal = f.rank - firstRank;
-      const implied = last && !byRank && srcLocal < devices && sameDims(entry.shape, last.slice) ? last.implied : fullShapeFromSlice(srcLayout, entry.shape, srcLocal, ctx);
+      const implied = last && !byRank && srcLocal < devices && sameShape(entry.shape, last.slice) ? last.implied : fullShapeFromSlice(srcLayout, entry.shape, srcLocal, ctx);
       last = { slice: entry.shape, implied };
       if (!fullShape) {
         fullShape = implied;
         shapeWitness = f.uri;
-      } else if (implied !== fullShape && !sameDims(implied, fullShape)) {
+      } else if (implied !== fullShape && !sameShape(implied, fullShape)) {
         throw new ShardserveError('ShapeMismatch', `${f.uri}: parameter '${name}' has slice shape ${shapeText(entry.shape)}, which with the strategy means full shape ${shapeText(implied)}, but ${shapeWitness ?? 'the destination strategy'} means ${shapeText(fullShape)}`, ctx);
       }
       if (!dtype) {

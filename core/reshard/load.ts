@@ -1,5 +1,5 @@
 import type { CheckpointIndex, DecryptionOptions } from '../checkpoint/types.js';
-import type { DType } from '../dtype.js';
+import { type DType, sameShape } from '../dtype.js';
 import { resolveTarget } from '../layout/derive.js';
 import { type Destination, planRank, type ReadPlan, type SourceFile, sourceStagesFor } from '../plan/planner.js';
 import { executePlan, type ExecuteStats } from './execute.js';
@@ -94,8 +94,7 @@ function sameLayout(a: CheckpointIndex, b: CheckpointIndex | undefined): boolean
   if (a.tensors.size !== b.tensors.size) return false;
   for (const [name, x] of a.tensors) {
     const y = b.tensors.get(name);
-    if (!y || x.dtype !== y.dtype || x.byteLength !== y.byteLength || x.shape.length !== y.shape.length || x.pieces.length !== y.pieces.length) return false;
-    if (x.shape.some((d, i) => d !== y.shape[i])) return false;
+    if (!y || x.dtype !== y.dtype || x.byteLength !== y.byteLength || !sameShape(x.shape, y.shape) || x.pieces.length !== y.pieces.length) return false;
     if (x.pieces.some((p, i) => p.offset !== y.pieces[i].offset || p.length !== y.pieces[i].length)) return false;
   }
   return true;
