@@ -8,6 +8,7 @@
  * initializers that turn out to be needed.
  */
 import type { ByteRange } from '../checkpoint/types.js';
+import { WIRE_FIXED32 as I32, WIRE_FIXED64 as I64, WIRE_LEN as LEN, WIRE_VARINT as VARINT, WireWriter } from '../ckpt/wire.js';
 import { ShardserveError } from '../errors.js';
 import type { ByteSource } from '../storage/source.js';
 import { type OnnxModel, OnnxDataType, parseOnnx } from './model.js';
@@ -31,10 +32,6 @@ export const LOCAL_TUNING: SkeletonTuning = { lazyBytes: 64 * 1024, minWindow: 4
  */
 export const REMOTE_TUNING: SkeletonTuning = { lazyBytes: 4 * 1024 * 1024, minWindow: 1024 * 1024, maxWindow: 16 * 1024 * 1024 };
 
-const VARINT = 0;
-const I64 = 1;
-const LEN = 2;
-const I32 = 5;
 const MODEL_GRAPH = 7;
 const GRAPH_INITIALIZER = 5;
 const TENSOR_DATA_TYPE = 2;
@@ -114,20 +111,10 @@ class Cursor {
   }
 }
 
-function encodeVarint(v: number): number[] {
-  const out: number[] = [];
-  while (v >= 0x80) {
-    out.push((v % 128) | 0x80);
-    v = Math.floor(v / 128);
-  }
-  out.push(v);
-  return out;
-}
-
 /** A length-delimited field holding `parts`, as bytes. */
 function lenField(field: number, parts: Uint8Array[]): Uint8Array[] {
   const length = parts.reduce((a, p) => a + p.byteLength, 0);
-  return [Uint8Array.from([...encodeVarint(field * 8 + LEN), ...encodeVarint(length)]), ...parts];
+  return [new WireWriter().key(field, LEN).varint(length).finish(), ...parts];
 }
 
 /**
