@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import type { RankConfig } from '../core/deployment.js';
 import { ShardserveError } from '../core/errors.js';
 import type { parseOnnx } from '../core/onnx/model.js';
-import { type OnnxSkeleton, readOnnxSkeleton } from '../core/onnx/skeleton.js';
+import { readOnnxSkeleton } from '../core/onnx/skeleton.js';
 import { planPipeline, type PipelinePlan, type StageTensor } from '../core/onnx/partition.js';
 import { buildStageModelInMemory } from '../core/onnx/bind.js';
 import { loadDestinationSlice } from '../core/reshard/load.js';
@@ -61,33 +61,29 @@ export async function loadCheckpointStage(config: RankConfig, position: RankPosi
   // not needed; only a large constant of this stage is read, below.
   const modelSource = await storage.open(key);
   try {
-    return await loadWithModel(config, position, onProgress, await readOnnxSkeleton(modelSource, modelUri));
+    const skeleton = await readOnnxSkeleton(modelSource, modelUri);
+    const model = skeleton.model;
+    const strategy = await loadStrategy(config.checkpoint.strategy);
+    const plan = planFor(model, strategy, config, position.stages);
+    const decryption = config.checkpoint.decryption
+      ? { key: new Uint8Array(await readFile(config.checkpoint.decryption.keyFile)), mode: config.checkpoint.decryption.mode }
+      : undefined;
+    const slice = await loadDestinationSlice({
+      checkpoint: config.checkpoint.uri,
+      strategy: config.checkpoint.strategy,
+      target: { world: position.stages * position.tensorParallel, stages: position.stages, tp: position.tensorParallel },
+      rank: position.rank,
+      decryption: decryption as any,
+      onProgress,
+    });
+    if (slice.stage !== position.stage) {
+      throw new ShardserveError('LayoutMismatch', `rank ${position.rank}: the checkpoint plan puts it in stage ${slice.stage}, the runtime in stage ${position.stage}`);
+    }
+    const replaced = new Set([...slice.tensors.keys()].map((name) => config.model.parameterNames?.[name] ?? name));
+    await skeleton.fill(plan.stages[position.stage].initializers.filter((name) => !replaced.has(name)));
+    const { onnx, externalData } = buildStageModelInMemory(model, plan, position.stage, slice.tensors, { parameterNames: config.model.parameterNames, uri: modelUri });
+    return { spec: specOfPlan(plan), onnx, externalData, sliceBytes: slice.stats.sliceBytes, checkpointMs: { plan: slice.stats.planMs, reads: slice.stats.readMs } };
   } finally {
     await modelSource.close();
   }
-}
-
-async function loadWithModel(config: RankConfig, position: RankPosition, onProgress: (done: number, total: number) => void, skeleton: OnnxSkeleton): Promise<LoadedStage> {
-  const modelUri = config.model.uri;
-  const model = skeleton.model;
-  const strategy = await loadStrategy(config.checkpoint.strategy);
-  const plan = planFor(model, strategy, config, position.stages);
-  const decryption = config.checkpoint.decryption
-    ? { key: new Uint8Array(await readFile(config.checkpoint.decryption.keyFile)), mode: config.checkpoint.decryption.mode }
-    : undefined;
-  const slice = await loadDestinationSlice({
-    checkpoint: config.checkpoint.uri,
-    strategy: config.checkpoint.strategy,
-    target: { world: position.stages * position.tensorParallel, stages: position.stages, tp: position.tensorParallel },
-    rank: position.rank,
-    decryption: decryption as any,
-    onProgress,
-  });
-  if (slice.stage !== position.stage) {
-    throw new ShardserveError('LayoutMismatch', `rank ${position.rank}: the checkpoint plan puts it in stage ${slice.stage}, the runtime in stage ${position.stage}`);
-  }
-  const replaced = new Set([...slice.tensors.keys()].map((name) => config.model.parameterNames?.[name] ?? name));
-  await skeleton.fill(plan.stages[position.stage].initializers.filter((name) => !replaced.has(name)));
-  const { onnx, externalData } = buildStageModelInMemory(model, plan, position.stage, slice.tensors, { parameterNames: config.model.parameterNames, uri: modelUri });
-  return { spec: specOfPlan(plan), onnx, externalData, sliceBytes: slice.stats.sliceBytes, checkpointMs: { plan: slice.stats.planMs, reads: slice.stats.readMs } };
 }
