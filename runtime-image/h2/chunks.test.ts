@@ -19,4 +19,19 @@ describe('ChunkQueue', () => {
     q.push(bytes);
     expect(q.take(10).buffer).toBe(bytes.buffer);
   });
+
+  it('joins bytes `lead` bytes into an allocation of their own, and views a chunk that holds them whatever the lead', () => {
+    const bytes = Buffer.from(Array.from({ length: 9000 }, (_, i) => i % 256));
+    for (const lead of [0, 3, 5]) {
+      const q = new ChunkQueue();
+      q.push(bytes.subarray(0, 4000));
+      q.push(bytes.subarray(4000));
+      const joined = q.take(6000, lead);
+      expect(joined.equals(bytes.subarray(0, 6000))).toBe(true);
+      expect([joined.byteOffset, joined.buffer.byteLength]).toEqual([lead, lead + 6000]);
+      const viewed = q.take(3000, lead);
+      expect(viewed.buffer).toBe(bytes.buffer);
+      expect(viewed.equals(bytes.subarray(6000))).toBe(true);
+    }
+  });
 });

@@ -12,8 +12,12 @@ export class ChunkQueue {
     this.length += chunk.length;
   }
 
-  /** The next `n` bytes (at most `length`), removed from the queue. */
-  take(n: number): Buffer {
+  /**
+   * The next `n` bytes (at most `length`), removed from the queue. When they must be joined, they
+   * go `lead` bytes into a buffer of their own (of `lead + n` bytes), so that byte k of them sits
+   * at k + lead from the start of an allocation: the caller picks the alignment of what is inside.
+   */
+  take(n: number, lead = 0): Buffer {
     if (n === 0) return EMPTY;
     this.length -= n;
     const first = this.chunks[0];
@@ -22,7 +26,8 @@ export class ChunkQueue {
       else this.chunks[0] = first.subarray(n);
       return first.subarray(0, n);
     }
-    const out = Buffer.allocUnsafe(n);
+    // Buffer.allocUnsafeSlow: an allocation of its own (allocUnsafe may hand out a piece of a shared pool).
+    const out = lead ? Buffer.allocUnsafeSlow(lead + n).subarray(lead) : Buffer.allocUnsafe(n);
     let at = 0;
     while (at < n) {
       const c = this.chunks[0];

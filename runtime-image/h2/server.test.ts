@@ -140,6 +140,28 @@ describe('our HTTP/2 server, frame by frame', () => {
     c.socket.destroy();
   });
 
+  it('hands a large gRPC message over 8-byte aligned when its DATA frame came in several reads (the stage codec aligns tensors within a message)', async () => {
+    const seen: { offset: number; body: Buffer }[] = [];
+    server = createGrpcServer({
+      '/t.E/Echo': { kind: 'unary' as const, decode: (b: Buffer) => (seen.push({ offset: b.byteOffset, body: Buffer.from(b) }), b), encodeFramed: framed, handle: (m: Buffer) => m.subarray(0, 4) },
+    }, { maxMessageBytes: 64 << 20 });
+    const c = await rawClient(await server.listen('127.0.0.1', 0));
+    const block = encodeHeaders([[':method', 'POST'], [':scheme', 'http'], [':path', '/t.E/Echo'], [':authority', 'x'], ['content-type', 'application/grpc']]);
+    const message = Buffer.from(Array.from({ length: 100_003 }, (_, i) => (i * 7) % 251));
+    const data = frame(0, 0x1, 1, frameMessage(message));
+    c.send(Buffer.concat([PREFACE, frame(4, 0, 0), frame(1, 0x4, 1, block)]));
+    // The DATA frame in three writes, apart in time: the server reads it in pieces and joins them.
+    for (const [a, z] of [[0, 30_000], [30_000, 70_001], [70_001, data.length]]) {
+      c.send(data.subarray(a, z));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await c.frames_(1, 1, 2);
+    expect(seen).toHaveLength(1);
+    expect(seen[0].body.equals(message)).toBe(true);
+    expect(seen[0].offset % 8).toBe(0);
+    c.socket.destroy();
+  });
+
   it.each([
     ['a bad preface', () => Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.padEnd(40, ' ')), undefined],
     ['a frame over SETTINGS_MAX_FRAME_SIZE', () => Buffer.concat([PREFACE, frame(0, 0, 1).subarray(0, 9).fill(0x20, 0, 1)]), H2Error.FRAME_SIZE_ERROR],

@@ -17,6 +17,14 @@ import { encodeHeaders, HpackDecoder, HpackError, type HeaderFields } from './hp
 export const H2Error = { NO_ERROR: 0, PROTOCOL_ERROR: 1, INTERNAL_ERROR: 2, FLOW_CONTROL_ERROR: 3, STREAM_CLOSED: 5, FRAME_SIZE_ERROR: 6, REFUSED_STREAM: 7, CANCEL: 8, COMPRESSION_ERROR: 9, ENHANCE_YOUR_CALM: 11 } as const;
 
 const DATA = 0;
+/**
+ * Where a DATA frame's payload starts in the buffer it is joined into when it came in several
+ * socket reads (every large message does): a gRPC message starts 5 bytes into its frame's payload
+ * (after its length prefix), so a lead of 3 puts it 8-byte aligned, and with it the tensors the
+ * stage codec aligns within a message (codec.ts requestPads). onnxruntime then takes them as they
+ * are; unaligned, each would be copied first (a Float32Array cannot start at an odd offset).
+ */
+const DATA_LEAD = 3;
 const HEADERS = 1;
 const PRIORITY = 2;
 const RST_STREAM = 3;
@@ -289,7 +297,7 @@ export class H2Connection {
         const flags = head[4];
         const stream = head.readUInt32BE(5) & 0x7fffffff;
         this.input.take(9);
-        const payload = this.input.take(length);
+        const payload = this.input.take(length, type === DATA ? DATA_LEAD : 0);
         this.onFrame(type, flags, stream, payload);
       }
     } catch (e) {

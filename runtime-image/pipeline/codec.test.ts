@@ -80,7 +80,7 @@ describe('rank.proto codec', () => {
           const framed = Buffer.concat(frameStageMessage(m) as Uint8Array[]);
           const encoded = encodeStageMessage(m);
           expect(framed.subarray(5).equals(encoded)).toBe(true);
-          // What the receiver does with a message over several chunks: join it into a fresh buffer.
+          // The receiver gets a large message 8-byte aligned (h2/server.test.ts checks the transport).
           const body = Buffer.from(new ArrayBuffer(encoded.length));
           body.set(encoded);
           const got = decodeStageMessage(body).request!.tensors;

@@ -198,9 +198,10 @@ export function frameStageReply(r: StageReplyObject): Buffer | Uint8Array[] {
 /**
  * The pad field of each tensor of a StageMessage's request, so that the data of every tensor of
  * ALIGN_MIN bytes or more starts at a multiple of 8 bytes from the message's start. The receiving
- * stage joins a large message into a fresh buffer (MessageReader), so its tensors are then
- * aligned views that onnxruntime takes as they are; unaligned, each would be copied first (a
- * Float32Array cannot start at an odd offset). A pad changes the length fields before it, so the
+ * stage gets a large message 8-byte aligned (its DATA frame joined 3 bytes into a buffer of its own,
+ * h2/server.ts DATA_LEAD; or, over several frames, joined by MessageReader at the start of one), so
+ * its tensors are then aligned views that onnxruntime takes as they are; unaligned, each would be
+ * copied first (a Float32Array cannot start at an odd offset). A pad changes the length fields before it, so the
  * layout is recomputed until it holds (two passes unless a length crosses a varint boundary).
  * `tail`: bytes of the request's fields after its tensors (budget, requested outputs).
  */
