@@ -5,9 +5,9 @@ import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../../cli/main.js';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { ensurePythonVenv, runPython } from '../harness/python.js';
+import { cli } from './cli-harness.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const fixtures = join(here, '..', 'fixtures', 'mindspore');
@@ -39,22 +39,6 @@ const cases = readdirSync(casesDir)
   .sort()
   .map((name) => ({ name, dir: join(casesDir, name), spec: JSON.parse(readFileSync(join(casesDir, name, 'case.json'), 'utf8')) as CaseJson }));
 
-/** Runs the CLI in this process; returns exit code and what it printed. */
-export async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const out = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => ((stdout += String(chunk)), true));
-  const err = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => ((stderr += String(chunk)), true));
-  try {
-    const code = await main(args);
-    // Node's own process warnings (e.g. a FileHandle closed by GC) are not our output.
-    return { code, stdout, stderr: stripNodeWarnings(stderr) };
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-  }
-}
-
 function keyArgs(spec: CaseJson, dir: string): string[] {
   if (!spec.decryption) return [];
   const keyFile = join(dir, 'key.hex');
@@ -63,11 +47,6 @@ function keyArgs(spec: CaseJson, dir: string): string[] {
 }
 
 const tmp = () => mkdtempSync(join(tmpdir(), 'oracle-'));
-afterEach(() => vi.restoreAllMocks());
-
-function stripNodeWarnings(text: string): string {
-  return text.split('\n').filter((l) => !/^\(node:\d+\) |^\(Use `node --trace-warnings/.test(l)).join('\n');
-}
 
 describe('MindSpore fixtures are present', () => {
   it('has the cases the issue asks for', () => {
