@@ -41,23 +41,26 @@ describe('checkpoints no test has seen (random layouts, saved and merged by Mind
       expect(readFileSync(out).equals(readFileSync(join(c().dir, 'expected', 'merged.safetensors'))), c().description).toBe(true);
     });
 
-    it('layout + reshard to fewer tensor-parallel ranks give every rank its exact slice, and MindSpore loads the .ckpt output', async () => {
-      const { stages, devicesPerStage } = c();
-      const tp = devicesPerStage / 2;
+    it.each([
+      ['half the tensor-parallel ranks a stage', (x: MadeCase) => ({ stages: x.stages, tp: x.devicesPerStage / 2 })],
+      ['one stage of as many ranks as a training stage (pipeline stages folded into one)', (x: MadeCase) => ({ stages: 1, tp: x.devicesPerStage })],
+    ])('layout + reshard to %s give every rank its exact slice, and MindSpore loads the .ckpt output', async (label, targetOf) => {
+      const { stages, tp } = targetOf(c());
       const world = stages * tp;
-      const predict = join(work, `predict-${seed}.json`);
+      const tag = `${seed}-${stages}x${tp}`;
+      const predict = join(work, `predict-${tag}.json`);
       const target = ['--world', String(world), '--stages', String(stages), '--tp', String(tp)];
       const l = await cli(['layout', '--strategy', join(c().dir, c().strategy), ...target, '--out', predict, '--checkpoint', join(c().dir, 'ckpt')]);
       expect([l.code, l.stderr]).toEqual([0, '']);
-      const out = join(work, `resharded-${seed}`);
-      const ckptOut = join(work, `resharded-ckpt-${seed}`);
+      const out = join(work, `resharded-${tag}`);
+      const ckptOut = join(work, `resharded-ckpt-${tag}`);
       for (const [dir, extra] of [[out, []], [ckptOut, ['--format', 'ckpt', '--crc']]] as const) {
         const r = await cli(['reshard', ...args(), '--dst-strategy', predict, '--out', dir, '--json', ...extra]);
         expect([r.code, r.stderr]).toEqual([0, '']);
         expect(JSON.parse(r.stdout).ranks).toHaveLength(world);
       }
       const { stdout } = await runPython(script, ['check', c().dir, predict, out, ckptOut], { timeoutMs: 300_000 });
-      expect(stdout, c().description).toMatch(new RegExp(`^ok \\d+ tensors in ${world} ranks, .ckpt output loaded by MindSpore`));
+      expect(stdout, `${label}: ${c().description}`).toMatch(new RegExp(`^ok \\d+ tensors in ${world} ranks, .ckpt output loaded by MindSpore`));
 
       // Every rank reads exactly its slice: no byte twice, none it does not keep.
       for (let rank = 0; rank < world; rank++) {
