@@ -2,7 +2,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ShardserveError } from '../../core/errors.js';
-import { runDemo } from '../../runtime-image/demo.js';
 import type { Command } from '../main.js';
 
 const EXAMPLES = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..', 'examples');
@@ -28,6 +27,7 @@ Everything must finish within --deadline (default 180 s).
     const deadline = values.deadline === undefined ? 180 : Number(values.deadline);
     if (!Number.isFinite(deadline) || deadline <= 0) throw new ShardserveError('Usage', `--deadline must be a positive number of seconds, got '${values.deadline}'`);
     const out = (l: string) => process.stdout.write(l + '\n');
+    const { runDemo } = await import('../../runtime-image/demo.js');
     const r = await runDemo({ examplesDir: values.examples ?? EXAMPLES, deadlineMs: deadline * 1000, log: out });
     out('');
     out(`prediction (${r.outputName}): [${r.prediction.map((v) => v.toFixed(6)).join(', ')}]`);

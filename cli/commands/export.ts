@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
 import { ShardserveError } from '../../core/errors.js';
-import { exportRankModels } from '../../core/onnx/export.js';
 import { decryptionFlags, decryptionFrom, formatBytes, intFlag, parseFlags, required } from '../args.js';
 import type { Command } from '../main.js';
 
@@ -56,6 +55,7 @@ Example:
       json: { type: 'boolean' }, ...decryptionFlags,
     });
     const cutTensors = values['cut-tensors']?.split(',').map((t) => t.trim()).filter((t) => t);
+    const { exportRankModels } = await import('../../core/onnx/export.js');
     const result = await exportRankModels({
       model: required(values.model, '--model'),
       checkpoint: required(values.checkpoint, '--checkpoint'),

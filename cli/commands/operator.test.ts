@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { resource } from '../../operator/testing/wrappers.js';
-import { checkFile, operatorCommand } from './operator.js';
+import { checkFile } from './operator-check.js';
+import { operatorCommand } from './operator.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'operator-cli-'));
 const file = (name: string, text: string) => {

@@ -1,11 +1,6 @@
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { parseAllDocuments } from 'yaml';
 import { ShardserveError } from '../../core/errors.js';
-import { KIND } from '../../operator/api/schema.js';
-import { assertValidResource } from '../../operator/api/validate.js';
 import type { Level } from '../../operator/logger.js';
-import { defaultConfig, runOperator } from '../../operator/run.js';
 import type { Command } from '../main.js';
 
 const usage = `Usage: shardserve operator [options]
@@ -59,9 +54,12 @@ export const operatorCommand: Command = {
       strict: true,
     });
     if (values.check) {
+      const { checkFile } = await import('./operator-check.js');
       for (const file of values.check) process.stdout.write(`${checkFile(file)}\n`);
       return 0;
     }
+    // Loaded when it runs: the other commands do not load the Kubernetes client.
+    const { defaultConfig, runOperator } = await import('../../operator/run.js');
     const cfg = defaultConfig();
     const ns = values.namespaces ?? process.env.WATCH_NAMESPACES;
     if (ns !== undefined && ns.trim() !== '' && ns.trim() !== '*') {
@@ -92,24 +90,3 @@ export const operatorCommand: Command = {
     return 0;
   },
 };
-
-/** Validates every DistributedInference in a YAML file; returns a one-line summary or throws. */
-export function checkFile(file: string): string {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new ShardserveError('NotFound', `${file}: cannot read (${(e as Error).message})`, { file, cause: e });
-  }
-  const docs = parseAllDocuments(text);
-  let n = 0;
-  for (const [i, doc] of docs.entries()) {
-    if (doc.errors.length) throw new ShardserveError('BadConfig', `${file}: document ${i + 1} is not valid YAML (${doc.errors[0].message})`, { file });
-    const obj = doc.toJS();
-    if (obj?.kind !== KIND) continue;
-    assertValidResource(obj, `${file}: ${obj.metadata?.name ?? `document ${i + 1}`}`);
-    n++;
-  }
-  if (n === 0) throw new ShardserveError('BadConfig', `${file}: no ${KIND} found (expected kind: ${KIND})`, { file });
-  return `${file}: ${n} ${KIND}(s) valid`;
-}

@@ -1,4 +1,3 @@
-import { serveRank } from '../../runtime-image/serve-rank.js';
 import type { Command } from '../main.js';
 
 export const rankCommand: Command = {
@@ -23,5 +22,6 @@ Protocol (gRPC on serving.grpcPort, REST on serving.httpPort). Configured by the
 SIGTERM drains: no new requests, requests in flight finish, then exit 0. A fatal error is written
 to /dev/termination-log (when it exists) and exits 1.
 `,
-  run: () => serveRank(),
+  // Loaded when it runs: the other commands do not load the runtime (onnxruntime, gRPC).
+  run: async () => (await import('../../runtime-image/serve-rank.js')).serveRank(),
 };

@@ -1,6 +1,5 @@
 import { parseArgs } from 'node:util';
 import { ShardserveError } from '../../core/errors.js';
-import { LocalGroup, progressDisplay, upConfig } from '../../runtime-image/up.js';
 import type { Command } from '../main.js';
 
 const usage = `Usage: shardserve up --model <net.onnx> --checkpoint <dir|uri> --strategy <file|dir>
@@ -60,6 +59,7 @@ export const upCommand: Command = {
     // A closed terminal or pipe must not stop the supervisor half-way through stopping its ranks.
     process.stderr.on('error', () => {});
     process.stdout.on('error', () => {});
+    const { LocalGroup, progressDisplay, upConfig } = await import('../../runtime-image/up.js');
     const config = await upConfig(flags);
     let display: ReturnType<typeof progressDisplay> | undefined;
     const group = new LocalGroup({ config, log: (l) => (display ? display.log(l) : process.stderr.write(l + '\n')) });
