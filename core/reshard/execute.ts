@@ -69,6 +69,17 @@ const SCRATCH_SLOTS = 8;
 const VECTORED_MIN_RUN = 128;
 /** Buffers per vectored read (Linux's IOV_MAX; libuv reads at most this many per call). */
 const IOV_MAX = 1024;
+/**
+ * Local units of at most SMALL_UNIT bytes with at most SMALL_GAP bytes between them in the file (a
+ * checkpoint of many small tensors: the gaps are record headers) are read together, up to
+ * SMALL_GROUP bytes per read, into a scratch slot and moved into place: one read instead of one
+ * per tensor. Measured on a TP-8 checkpoint of 4000 [64,64] F16 parameters a file (rank 1 of TP 4,
+ * 8000 reads of 1 KiB): the reads took 232 ms one by one (a thread-pool round trip each). The gaps are
+ * read too (within the pages the page cache reads anyway); ExecuteStats.bytesTransferred counts them.
+ */
+const SMALL_UNIT = 64 * 1024;
+const SMALL_GAP = 4096;
+const SMALL_GROUP = 1024 * 1024;
 /** Tensors start on this boundary in the batch buffer. */
 const TENSOR_ALIGN = 64;
 /** Largest batch buffer (tensors plus scratch); larger batches are split. */
@@ -222,7 +233,7 @@ class ScratchSlots {
  * reads; shorter scattered runs go into a scratch slot of it, from which they are moved (overlapping
  * the other reads). Returns false when `uri` is not a local file of that size.
  */
-async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all: Uint8Array, slots: ScratchSlots | undefined, concurrency: number, stats: ExecuteStats): Promise<boolean> {
+async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all: Uint8Array, slots: ScratchSlots | undefined, slotBytes: number, concurrency: number, stats: ExecuteStats): Promise<boolean> {
   if (isRemote(uri)) return false;
   const path = uri.startsWith('file://') ? fileURLToPath(uri) : uri;
   let handle: FileHandle;
@@ -236,10 +247,36 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all
     return false;
   }
   try {
+    // Reads in file order: a unit, or a group of small units close together (see SMALL_UNIT).
+    const reads: ReadUnit[][] = [];
+    for (const u of units) {
+      const group = reads[reads.length - 1];
+      const first = group?.[0];
+      const last = group?.[group.length - 1];
+      const small = (x: ReadUnit) => !x.views && x.length <= SMALL_UNIT;
+      if (last && small(u) && small(last) && u.fileOffset >= last.fileOffset + last.length && u.fileOffset - (last.fileOffset + last.length) <= SMALL_GAP && u.fileOffset + u.length - first!.fileOffset <= slotBytes) group.push(u);
+      else reads.push([u]);
+    }
     let next = 0;
     const worker = async () => {
-      while (next < units.length) {
-        const u = units[next++];
+      while (next < reads.length) {
+        const read = reads[next++];
+        if (read.length > 1) {
+          const start = read[0].fileOffset;
+          const end = read[read.length - 1].fileOffset + read[read.length - 1].length;
+          const slot = await slots!.acquire();
+          try {
+            await readFully(handle, all, slot, end - start, start, uri);
+            for (const u of read) u.scatter(slot + (u.fileOffset - start), all);
+          } finally {
+            slots!.release(slot);
+          }
+          stats.requests++;
+          stats.bytesTransferred += end - start;
+          continue;
+        }
+        const u = read[0];
+        stats.bytesTransferred += u.length;
         if (u.views) {
           await readvFully(handle, u.views(all), u.fileOffset, uri);
           stats.requests++;
@@ -247,13 +284,7 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all
         }
         const slot = u.at === undefined ? await slots!.acquire() : undefined;
         try {
-          const at = u.at ?? slot!;
-          let done = 0;
-          while (done < u.length) {
-            const { bytesRead } = await handle.read(all, at + done, u.length - done, u.fileOffset + done);
-            if (bytesRead === 0) throw new ShardserveError('ShortRead', `${uri}: file ended at ${u.fileOffset + done}, expected ${u.fileOffset + u.length} bytes`, { file: uri });
-            done += bytesRead;
-          }
+          await readFully(handle, all, u.at ?? slot!, u.length, u.fileOffset, uri);
           stats.requests++;
           if (slot !== undefined) u.scatter(slot, all);
         } finally {
@@ -261,13 +292,21 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(concurrency, units.length) }, worker));
-    const bytes = units.reduce((s, u) => s + u.length, 0);
-    stats.readBytes += bytes;
-    stats.bytesTransferred += bytes;
+    await Promise.all(Array.from({ length: Math.min(concurrency, reads.length) }, worker));
+    stats.readBytes += units.reduce((s, u) => s + u.length, 0);
     return true;
   } finally {
     await handle.close();
+  }
+}
+
+/** Reads `length` file bytes from `position` into `into[at..]`, resuming after short reads. */
+async function readFully(handle: FileHandle, into: Uint8Array, at: number, length: number, position: number, uri: string): Promise<void> {
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await handle.read(into, at + done, length - done, position + done);
+    if (bytesRead === 0) throw new ShardserveError('ShortRead', `${uri}: file ended at ${position + done}, expected ${position + length} bytes`, { file: uri });
+    done += bytesRead;
   }
 }
 
@@ -337,7 +376,12 @@ export async function executePlan(
     });
     // Only files read with positional reads use the slots (remote and encrypted ones deliver buffers).
     const direct = (rank: number) => opts.directLocal !== false && sources.get(rank)!.encryption === 'none' && !isRemote(sources.get(rank)!.source.uri);
-    for (const [rank, units] of unitsByRank) if (direct(rank)) for (const u of units) if (u.at === undefined && !u.views) slotBytes = Math.max(slotBytes, align(u.length));
+    for (const [rank, units] of unitsByRank) {
+      if (!direct(rank)) continue;
+      for (const u of units) if (u.at === undefined && !u.views) slotBytes = Math.max(slotBytes, align(u.length));
+      // Small units are read in groups of up to SMALL_GROUP bytes, through the slots.
+      if (units.length > 1 && units.some((u) => !u.views && u.length <= SMALL_UNIT)) slotBytes = Math.max(slotBytes, SMALL_GROUP);
+    }
     const slots = slotBytes > 0 ? new ScratchSlots(size, SCRATCH_SLOTS, slotBytes) : undefined;
     const b = Buffer.allocUnsafeSlow(size + (slots ? SCRATCH_SLOTS * slotBytes : 0));
     const all = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
@@ -345,7 +389,7 @@ export async function executePlan(
       const index = sources.get(rank)!;
       const source = index.source;
       units.sort((a, b) => a.fileOffset - b.fileOffset);
-      if (direct(rank) && (await readLocalDirect(source.uri, source.size, units, all, slots, opts.concurrency ?? 4, stats))) return;
+      if (direct(rank) && (await readLocalDirect(source.uri, source.size, units, all, slots, slotBytes, opts.concurrency ?? 4, stats))) return;
       // Units never overlap (distinct pieces are disjoint), so a range's offset identifies its unit.
       const byOffset = new Map(units.map((u) => [u.fileOffset, u]));
       const result = await readRanges(
