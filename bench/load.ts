@@ -362,21 +362,23 @@ async function parent(): Promise<void> {
   });
   // The time before the first read as the parameter count grows: the same TP-8 layout with many
   // small parameters. A .ckpt has no index: its headers are a chain of reads, one per record.
-  const planScaling: { paramsPerFile: number; fileBytes: number; planMs: { cold: number; warm: number }; planUsPerParam: { cold: number; warm: number } }[] = [];
+  const planScaling: { paramsPerFile: number; fileBytes: number; planMs: { cold: number; warm: number }; planUsPerParam: { cold: number; warm: number }; readMs: { cold: number; warm: number } }[] = [];
   for (const params of [200, 1000, 4000]) {
     const small = await ensureCheckpoint(params / 2, 64, 64);
     const ms: { cold: number[]; warm: number[] } = { cold: [], warm: [] };
+    const readMs: { cold: number[]; warm: number[] } = { cold: [], warm: [] };
     for (let i = 0; i < Math.min(repeats, 3); i++) {
       for (const cache of ['cold', 'warm'] as const) {
         if (cache === 'cold') evict(small.files);
         else await warm(small.files);
         const r = await runChild(tsx, [self, '--child', 'ours', JSON.stringify({ checkpoint: small.checkpoint, strategy: small.strategy })]);
-        process.stderr.write(`bench:load: plan phase, ${params} parameters a file, ${cache} #${i + 1}: ${r.planMs.toFixed(1)} ms\n`);
+        process.stderr.write(`bench:load: plan phase, ${params} parameters a file, ${cache} #${i + 1}: ${r.planMs.toFixed(1)} ms (then reads ${r.readMs.toFixed(1)} ms)\n`);
         ms[cache].push(r.planMs);
+        readMs[cache].push(r.readMs);
       }
     }
     const planMs = { cold: median(ms.cold), warm: median(ms.warm) };
-    planScaling.push({ paramsPerFile: params, fileBytes: Math.round(small.totalBytes / SRC_TP), planMs, planUsPerParam: { cold: (planMs.cold * 1000) / params, warm: (planMs.warm * 1000) / params } });
+    planScaling.push({ paramsPerFile: params, fileBytes: Math.round(small.totalBytes / SRC_TP), planMs, planUsPerParam: { cold: (planMs.cold * 1000) / params, warm: (planMs.warm * 1000) / params }, readMs: { cold: median(readMs.cold), warm: median(readMs.warm) } });
   }
 
   const out = {
@@ -393,7 +395,7 @@ async function parent(): Promise<void> {
     cold,
     warm: warmS,
     planScaling: {
-      method: `ours only, same layout and destination (TP ${SRC_TP} -> TP ${DST_TP}, rank ${DST_RANK}) with [64,64] ${DTYPE} parameters; planMs = strategy, listing, indexes of the files read (plus the representative of the stage) and the plan, median of ${Math.min(repeats, 3)} fresh processes each, cold and warm as above`,
+      method: `ours only, same layout and destination (TP ${SRC_TP} -> TP ${DST_TP}, rank ${DST_RANK}) with [64,64] ${DTYPE} parameters; planMs = strategy, listing, indexes of the files read (plus the representative of the stage) and the plan; readMs = the reads after it; medians of ${Math.min(repeats, 3)} fresh processes each, cold and warm as above`,
       points: planScaling,
     },
   };
