@@ -4,7 +4,7 @@ import { ShardserveError } from '../core/errors.js';
 import type { parseOnnx } from '../core/onnx/model.js';
 import { readOnnxSkeleton } from '../core/onnx/skeleton.js';
 import { planPipeline, type PipelinePlan, type StageTensor } from '../core/onnx/partition.js';
-import { buildStageModelInMemory } from '../core/onnx/bind.js';
+import { buildStageModelInMemory, checkpointNamesFor } from '../core/onnx/bind.js';
 import { loadDestinationSlice } from '../core/reshard/load.js';
 import { loadStrategy } from '../core/reshard/session.js';
 import { openParent } from '../core/storage/storage.js';
@@ -69,6 +69,8 @@ export async function loadCheckpointStage(config: RankConfig, position: RankPosi
       ? { key: new Uint8Array(await readFile(config.checkpoint.decryption.keyFile)), mode: config.checkpoint.decryption.mode }
       : undefined;
     const slice = await loadDestinationSlice({
+      // Only what this stage's graph takes from the checkpoint (not optimizer states: twice the weights with Adam).
+      only: checkpointNamesFor(plan.stages[position.stage].initializers, config.model.parameterNames),
       checkpoint: config.checkpoint.uri,
       strategy: config.checkpoint.strategy,
       target: { world: position.stages * position.tensorParallel, stages: position.stages, tp: position.tensorParallel },

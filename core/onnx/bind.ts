@@ -203,3 +203,15 @@ function writeExternalData(tensors: TensorProto[], dir: string, fileName: string
   renameSync(tempPath, finalPath);
   return out;
 }
+
+/**
+ * The checkpoint names a stage's graph takes its weights from: its initializers, and the checkpoint
+ * names the rename map sends to them. A rank loads only these (PlanInput.only): a training
+ * checkpoint also holds optimizer states and counters (moments, global_step, ...).
+ */
+export function checkpointNamesFor(initializers: readonly string[], parameterNames: Record<string, string> = {}): Set<string> {
+  const wanted = new Set(initializers);
+  const names = new Set(initializers);
+  for (const [name, initializer] of Object.entries(parameterNames)) if (wanted.has(initializer)) names.add(name);
+  return names;
+}

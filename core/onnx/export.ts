@@ -11,7 +11,7 @@ import { loadDestinationSlice } from '../reshard/load.js';
 import { loadStrategy } from '../reshard/session.js';
 import { openParent } from '../storage/storage.js';
 import type { Strategy } from '../strategy/types.js';
-import { buildStageModel } from './bind.js';
+import { buildStageModel, checkpointNamesFor } from './bind.js';
 import { type OnnxModel, parseOnnx } from './model.js';
 import { checkStageLoads } from './ort-run.js';
 import { type PipelinePlan, type StageTensor, planPipeline } from './partition.js';
@@ -142,6 +142,7 @@ export async function exportRankModels(opts: ExportOptions): Promise<ExportResul
         target: layout.world === 1 ? undefined : layout,
         rank,
         decryption: opts.decryption,
+        only: checkpointNamesFor(plan.stages[layout.world === 1 ? 0 : Math.floor(rank / layout.tp)].initializers, opts.parameterNames),
       });
       const stage = layout.world === 1 ? 0 : slice.stage;
       const folder = layout.world === 1 ? '' : `rank_${rank}`;

@@ -15,7 +15,7 @@ function ramp(n: number): Uint8Array {
 }
 
 /** Slices of a full tensor for each local rank, as the training job saved them. */
-function shardedFiles(strategy: Strategy, full: TensorData[], split = false): Map<number, CheckpointIndex> {
+function shardedFiles(strategy: Strategy, full: TensorData[], split = false, extra: (rank: number) => TensorData[] = () => []): Map<number, CheckpointIndex> {
   const out = new Map<number, CheckpointIndex>();
   for (let stage = 0; stage < strategy.stageCount; stage++) {
     for (let local = 0; local < strategy.stageDevices; local++) {
@@ -27,7 +27,7 @@ function shardedFiles(strategy: Strategy, full: TensorData[], split = false): Ma
         const box = planRankBox(layout, t.shape, local);
         tensors.push({ name: t.name, dtype: t.dtype, shape: box.sizes, data: extractBox(t.data, t.shape, box, DTYPE_BYTES[t.dtype]) });
       }
-      out.set(rank, memoryIndex(`ckpt/rank_${rank}/net.ckpt`, tensors, split));
+      out.set(rank, memoryIndex(`ckpt/rank_${rank}/net.ckpt`, [...tensors, ...extra(rank)], split));
     }
   }
   return out;
@@ -58,6 +58,21 @@ describe('planning one destination rank', () => {
     expect(out.get('v')).toEqual(extractBox(v.data, v.shape, { offsets: [0, 16], sizes: [4, 16] }, 2));
     // v's columns 16..32 sit in ranks 2 and 3 as whole [4,8] slices: one read per file for each tensor.
     expect(plan.tensors.find((t) => t.name === 'v')!.copies.map((c) => c.counts)).toEqual([[4], [4]]);
+  });
+
+  it('plans only the parameters asked for: strategy ones, and values in no strategy (optimizer states, counters) are left out unless named', async () => {
+    // What a training checkpoint adds: w's moment in every file (in no strategy) and a step counter.
+    const indexes = shardedFiles(tp8, [w, v], false, (rank) => [
+      { name: 'moment1.w', dtype: 'F32', shape: [8, 4], data: ramp(8 * 16).map((x) => x ^ rank) },
+      { name: 'global_step', dtype: 'I32', shape: [1], data: ramp(4) },
+    ]);
+    const all = planRank({ source: tp8, files: filesOf(indexes), destination: { kind: 'strategy', strategy: tp4 }, rank: 1 });
+    expect(all.tensors.map((t) => t.name)).toEqual(['w', 'v', 'global_step', 'moment1.w']);
+    const only = planRank({ source: tp8, files: filesOf(indexes), destination: { kind: 'strategy', strategy: tp4 }, rank: 1, only: new Set(['w', 'v']) });
+    expect(only.tensors.map((t) => t.name)).toEqual(['w', 'v']);
+    expect(only.sliceBytes).toBe((16 * 4 * 4) + (4 * 16 * 2));
+    expect(only.readBytes).toBe(only.sliceBytes);
+    expect(planRank({ source: tp8, files: filesOf(indexes), destination: { kind: 'strategy', strategy: tp4 }, rank: 1, only: new Set(['v', 'global_step']) }).tensors.map((t) => t.name)).toEqual(['v', 'global_step']);
   });
 
   it('parameters that share a layout (layers) get the same plan each, in arrays of their own', async () => {

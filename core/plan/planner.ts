@@ -61,6 +61,13 @@ export interface PlanInput {
   destination: Destination;
   /** Destination rank (ignored for a single device). */
   rank: number;
+  /**
+   * The destination parameters to plan, by name (default: all of them). A rank running a network
+   * plans only the tensors its network uses: a training checkpoint also holds optimizer states and
+   * counters (moments, global_step, ...), which a strategy usually leaves out and which would
+   * otherwise be carried whole.
+   */
+  only?: ReadonlySet<string>;
 }
 
 /** Pipeline stage and local index of a destination rank. */
@@ -101,6 +108,7 @@ function destinationParams(input: PlanInput, stage: number): Array<{ name: strin
     }
   }
   for (const name of [...extra].sort()) out.push({ name });
+  if (input.only) return out.filter((p) => input.only!.has(p.name));
   return out;
 }
 

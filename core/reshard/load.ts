@@ -16,6 +16,8 @@ export interface LoadDestinationSliceOptions {
   onProgress?: (done: number, total: number) => void;
   /** Reads in flight per file (default 4). */
   concurrency?: number;
+  /** Only these parameters (default: every parameter of the rank's stage; see PlanInput.only). */
+  only?: ReadonlySet<string>;
 }
 
 export interface DestinationSlice {
@@ -42,11 +44,11 @@ export interface DestinationSlice {
  * them (a file lacks a tensor, a piece's holder is missing, ...) every file of the stages is indexed
  * and planned from, exactly as before, so errors are the same.
  */
-async function planReadingFewFiles(source: CheckpointSource, destination: Destination, rank: number, prefer: (stage: number) => number): Promise<{ plan: ReadPlan; indexes: Map<number, CheckpointIndex> }> {
+async function planReadingFewFiles(source: CheckpointSource, destination: Destination, rank: number, prefer: (stage: number) => number, only?: ReadonlySet<string>): Promise<{ plan: ReadPlan; indexes: Map<number, CheckpointIndex> }> {
   const stages = sourceStagesFor(source.strategy, destination, rank);
   const full = async () => {
     const { files, indexes } = await source.filesOf(stages);
-    return { plan: planRank({ source: source.strategy, files, destination, rank }), indexes };
+    return { plan: planRank({ source: source.strategy, files, destination, rank, only }), indexes };
   };
   const firsts = stages.map((s) => source.representative(s, prefer)).filter((r): r is number => r !== undefined);
   if (firsts.length !== stages.length) return full();
@@ -64,7 +66,7 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
         layoutOf.set(r, first);
       }
     }
-    guess = planRank({ source: source.strategy, files: assumed, destination, rank });
+    guess = planRank({ source: source.strategy, files: assumed, destination, rank, only });
     needed = new Set([...firsts, ...guess.tensors.flatMap((t) => t.copies.map((c) => c.rank))]);
   } catch {
     return full();
@@ -78,7 +80,7 @@ async function planReadingFewFiles(source: CheckpointSource, destination: Destin
   if (ranks.every((r) => sameLayout(indexes.get(r)!, layoutOf.get(r)))) return { plan: guess, indexes };
   const files = new Map(ranks.map((r) => [r, fileOf(r, indexes.get(r)!)]));
   try {
-    return { plan: planRank({ source: source.strategy, files, destination, rank }), indexes };
+    return { plan: planRank({ source: source.strategy, files, destination, rank, only }), indexes };
   } catch {
     return full();
   }
@@ -125,7 +127,7 @@ export async function loadDestinationSlice(opts: LoadDestinationSliceOptions): P
     const targetDevices = opts.target && !opts.dstStrategy ? resolveTarget(source.strategy, opts.target).tp : 1;
     const destination = await resolveDestination(source, { dstStrategy: opts.dstStrategy, target: opts.target }, likelySourceRank(d, targetDevices, opts.rank));
     const dstDevices = destination.kind === 'strategy' ? destination.strategy.stageDevices : 1;
-    const { plan, indexes } = await planReadingFewFiles(source, destination, opts.rank, likelySourceRank(d, dstDevices, opts.rank));
+    const { plan, indexes } = await planReadingFewFiles(source, destination, opts.rank, likelySourceRank(d, dstDevices, opts.rank), opts.only);
     const tensors: DestinationSlice['tensors'] = new Map();
     const t1 = performance.now();
     const stats: ExecuteStats = await executePlan(

@@ -10,6 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../cli/main.js';
 import { parseOnnx, serializeOnnx } from '../../core/onnx/model.js';
 import { type Feeds, runModel, runStagesInSequence, tensorBytes } from '../../core/onnx/ort-run.js';
+import { mlpNetwork } from '../../core/onnx/sample-networks.js';
+import { addTrainingStates, writeServeFixture } from './serve-fixture.js';
 
 const examples = resolve(import.meta.dirname, '../../examples');
 const tmp = mkdtempSync(join(tmpdir(), 'shardserve-export-'));
@@ -112,6 +114,17 @@ describe('shardserve export on the MindSpore example', () => {
   it('re-serializes MindSpore\'s ONNX file byte for byte', () => {
     const bytes = readFileSync(join(examples, 'model/net.onnx'));
     expect(Buffer.from(serializeOnnx(parseOnnx(bytes))).equals(bytes)).toBe(true);
+  });
+});
+
+describe('shardserve export reads only weights', () => {
+  it('not the optimizer states and counters a training checkpoint also holds (they are in no strategy)', async () => {
+    const net = mlpNetwork();
+    const fixture = writeServeFixture(join(tmp, 'training-states'), net, 2);
+    const weightBytes = addTrainingStates(fixture, net);
+    const r = await shardserve('export', '--model', fixture.model, '--checkpoint', fixture.checkpoint, '--strategy', fixture.strategy, '--world', '2', '--stages', '2', '--out', join(tmp, 'training-states-out'), '--json');
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    expect(JSON.parse(r.stdout).files.map((f: { stage: number; readBytes: number }) => [f.stage, f.readBytes])).toEqual([[0, weightBytes[0]], [1, weightBytes[1]]]);
   });
 });
 

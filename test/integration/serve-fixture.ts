@@ -62,6 +62,21 @@ export function writeServeFixture(dir: string, net: SampleNetwork, stages: numbe
   return { dir, model: join(dir, 'net.onnx'), checkpoint: join(dir, 'ckpt'), strategy: join(dir, 'strategy.json'), stages };
 }
 
+/**
+ * Adds to every rank file what ModelCheckpoint saves besides the weights when training with Adam:
+ * each weight's two moments (other bytes, same shape) and a step counter, none of them in the
+ * strategy. Returns the weights' bytes per stage.
+ */
+export function addTrainingStates(f: ServeFixture, net: SampleNetwork): number[] {
+  const stageOf = net.stageOf(f.stages);
+  const own = (s: number) => [...net.weights].filter(([name]) => (stageOf(name) ?? 0) === s);
+  for (let s = 0; s < f.stages; s++) {
+    const moments = own(s).flatMap(([name, w]) => ['moment1', 'moment2'].map((m): [string, StageWeight] => [`${m}.${name}`, { ...w, data: w.data.map((b) => b ^ 0x5a) }]));
+    writeSafetensors(join(f.checkpoint, `rank_${s}`, 'model.safetensors'), [...own(s), ...moments, ['global_step', { dtype: 'I32', shape: [1], data: new Uint8Array(4) }]]);
+  }
+  return Array.from({ length: f.stages }, (_, s) => own(s).reduce((sum, [, w]) => sum + w.data.byteLength, 0));
+}
+
 export function fixtureConfig(f: ServeFixture, ports: { grpc: number; http: number; rank: number }, modelName = 'net'): RankConfig {
   return {
     modelName,

@@ -11,7 +11,7 @@ import { loadCheckpointStage, planFor } from '../../runtime-image/load-stage.js'
 import { parseOnnx } from '../../core/onnx/model.js';
 import { loadStrategy } from '../../core/reshard/session.js';
 import { positionOf } from '../../runtime-image/pipeline/spec.js';
-import { fixtureConfig, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
+import { addTrainingStates, fixtureConfig, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
 
 // Distributed outputs equal onnxruntime on the whole single-device model, bit for bit, for every cut.
 const cases = [
@@ -126,6 +126,18 @@ describe('ranks loading their slice from a sharded checkpoint answer like the me
     expect(loaded.sliceBytes).toBe(own);
     expect(loaded.checkpointMs!.plan).toBeGreaterThan(0);
     expect(loaded.checkpointMs!.reads).toBeGreaterThan(0);
+  });
+});
+
+describe('a rank reads only the tensors its network uses', () => {
+  it('not the optimizer states and counters a training checkpoint also holds (they are in no strategy)', async () => {
+    const net = mlpNetwork();
+    const fixture = writeServeFixture(mkdtempSync(join(tmpdir(), 'serve-ckpt-')), net, 2);
+    const weightBytes = addTrainingStates(fixture, net);
+    for (const stage of [0, 1]) {
+      const loaded = await loadCheckpointStage(fixtureConfig(fixture, { grpc: 0, http: 0, rank: 0 }), positionOf(stage, 2, 1), () => undefined);
+      expect(loaded.sliceBytes).toBe(weightBytes[stage]);
+    }
   });
 });
 
