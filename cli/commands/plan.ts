@@ -11,7 +11,9 @@ export const planCommand: Command = {
 
 Computes, for inference rank R, the byte ranges of the training checkpoint files that hold its slice
 of every parameter (nothing is read except file headers). Without --dst-strategy or a target, the
-destination is a single device (rank 0 holds every full tensor).
+destination is a single device (rank 0 holds every full tensor). This is what \`reshard\` writes for R:
+values in no strategy (optimizer states, global_step, ...) included, carried whole as MindSpore does.
+A serving rank (\`up\`, \`rank\`, \`export\`) reads only the tensors its stage's graph takes.
 
   --checkpoint <dir|uri>   rank_<N>/ directories of the training checkpoint (path, file://, http(s)://, s3://)
   --strategy <file|dir>    training strategy (.ckpt protobuf or .json; per-stage files or merged)
