@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { ShardserveError } from '../errors.js';
 import type { ReadPlan, TensorPlan } from '../plan/planner.js';
 import { type CopyOp, forEachRun, runCount, sourceSpan, tensorRunToFile } from '../plan/runs.js';
-import { readRanges } from '../storage/ranged-read.js';
+import { planGroups, readRanges } from '../storage/ranged-read.js';
 
 export interface ExecuteOptions {
   /** Reads in flight per source file (default 4). */
@@ -80,6 +80,7 @@ const IOV_MAX = 1024;
 const SMALL_UNIT = 64 * 1024;
 const SMALL_GAP = 4096;
 const SMALL_GROUP = 1024 * 1024;
+const groupable = (u: ReadUnit) => !u.views && u.length <= SMALL_UNIT;
 /** Tensors start on this boundary in the batch buffer. */
 const TENSOR_ALIGN = 64;
 /** Largest batch buffer (tensors plus scratch); larger batches are split. */
@@ -248,15 +249,11 @@ async function readLocalDirect(uri: string, size: number, units: ReadUnit[], all
   }
   try {
     // Reads in file order: a unit, or a group of small units close together (see SMALL_UNIT).
-    const reads: ReadUnit[][] = [];
-    for (const u of units) {
-      const group = reads[reads.length - 1];
-      const first = group?.[0];
-      const last = group?.[group.length - 1];
-      const small = (x: ReadUnit) => !x.views && x.length <= SMALL_UNIT;
-      if (last && small(u) && small(last) && u.fileOffset >= last.fileOffset + last.length && u.fileOffset - (last.fileOffset + last.length) <= SMALL_GAP && u.fileOffset + u.length - first!.fileOffset <= slotBytes) group.push(u);
-      else reads.push([u]);
-    }
+    const small = units.filter(groupable);
+    const reads = [
+      ...planGroups(small.map((u) => ({ offset: u.fileOffset, length: u.length })), SMALL_GAP, slotBytes).map((g) => g.members.map((i) => small[i])),
+      ...units.filter((u) => !groupable(u)).map((u) => [u]),
+    ].sort((a, b) => a[0].fileOffset - b[0].fileOffset);
     let next = 0;
     const worker = async () => {
       while (next < reads.length) {
@@ -380,7 +377,7 @@ export async function executePlan(
       if (!direct(rank)) continue;
       for (const u of units) if (u.at === undefined && !u.views) slotBytes = Math.max(slotBytes, align(u.length));
       // Small units are read in groups of up to SMALL_GROUP bytes, through the slots.
-      if (units.length > 1 && units.some((u) => !u.views && u.length <= SMALL_UNIT)) slotBytes = Math.max(slotBytes, SMALL_GROUP);
+      if (units.filter(groupable).length > 1) slotBytes = Math.max(slotBytes, SMALL_GROUP);
     }
     const slots = slotBytes > 0 ? new ScratchSlots(size, SCRATCH_SLOTS, slotBytes) : undefined;
     const b = Buffer.allocUnsafeSlow(size + (slots ? SCRATCH_SLOTS * slotBytes : 0));
