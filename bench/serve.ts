@@ -685,6 +685,8 @@ async function frontDoorsSideBySide(ours: FrontDoor, kserve: FrontDoor, shape: n
 }
 
 async function main() {
+  // onnxruntime's telemetry off here and in the processes this starts, as bin/shardserve.mjs keeps it off.
+  process.env.ORT_DISABLE_TELEMETRY ??= '1';
   const dir = mkdtempSync(join(tmpdir(), 'bench-serve-'));
   const started = new Date().toISOString();
   const loadBefore = loadavg().map((x) => Math.round(x * 100) / 100);

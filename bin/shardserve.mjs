@@ -2,6 +2,12 @@
 // Entry point: runs the TypeScript CLI through tsx's loader, so no build step is needed after `npm ci`.
 import { register } from 'tsx/esm/api';
 
+// onnxruntime (1.29 and later) otherwise writes a device id under ~/.cache/Microsoft and uploads usage
+// events from Linux too; shardserve's processes (ranks, `up`, export, the demo) keep it off unless
+// the user sets ORT_DISABLE_TELEMETRY themselves (0 turns it back on). Read when the first session
+// starts, so setting it here, before anything loads, covers every command and every rank `up` spawns.
+process.env.ORT_DISABLE_TELEMETRY ??= '1';
+
 register();
 const { main } = await import('../cli/main.ts');
 process.exitCode = await main(process.argv.slice(2));

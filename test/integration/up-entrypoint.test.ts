@@ -1,5 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -84,9 +84,13 @@ describe('runtime-image/Dockerfile', () => {
   });
 });
 
+/** Environment variables under which onnxruntime suppresses its telemetry by itself (CI services). */
+const ORT_CI_MARKERS = ['GITHUB_ACTIONS', 'TF_BUILD', 'JENKINS_URL', 'GITLAB_CI', 'TRAVIS', 'CIRCLECI', 'BUILDKITE', 'TEAMCITY_VERSION'];
+
 describe('shardserve rank (the entrypoint command) with the pod environment', () => {
   it('loads, serves the OIP front door with the merged model\'s exact outputs, and drains on SIGTERM', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'rank-entry-'));
+    const home = mkdtempSync(join(tmpdir(), 'rank-home-'));
     const net = mlpNetwork();
     const fixture = writeServeFixture(join(dir, 'fixture'), net, 1);
     const [grpc, http] = await freePorts(2);
@@ -95,7 +99,10 @@ describe('shardserve rank (the entrypoint command) with the pod environment', ()
     const proc = runCli(['rank'], {
       SHARDSERVE_RANK: '0', SHARDSERVE_GROUP: '0', SHARDSERVE_WORLD_SIZE: '1', SHARDSERVE_PIPELINE_STAGES: '1', SHARDSERVE_TENSOR_PARALLEL: '1',
       SHARDSERVE_PEERS: '127.0.0.1:{port}', SHARDSERVE_CONFIG: join(dir, 'config.json'), SHARDSERVE_BIND_HOST: '127.0.0.1',
-      TMPDIR: dir,
+      TMPDIR: home, HOME: home,
+      // Neither the suites' own telemetry setting nor a CI marker (onnxruntime stays quiet under those):
+      // the rank's default alone decides.
+      ORT_DISABLE_TELEMETRY: undefined, ...Object.fromEntries(ORT_CI_MARKERS.map((k) => [k, undefined])),
     });
     await waitFor('/readyz', async () => (await fetch(`http://127.0.0.1:${http}/readyz`)).status === 200, 60_000);
     // The launcher exec'd node: the process that serves is the one the container runtime signals.
@@ -110,6 +117,9 @@ describe('shardserve rank (the entrypoint command) with the pod environment', ()
     proc.child.kill('SIGTERM');
     expect(await proc.exited).toBe(0);
     expect(proc.output()).toMatch(/rank 0: draining \(received SIGTERM\)/);
+    // Nothing in HOME or TMPDIR but tsx's transpile cache: no onnxruntime telemetry files (a device id
+    // under .cache/Microsoft, .ses, mat-debug-*.log), which it writes unless turned off.
+    expect(readdirSync(home, { encoding: 'utf8' }).filter((f) => !f.startsWith('tsx-'))).toEqual([]);
   }, 90_000);
 
   it('writes a stage-count mismatch to the termination log and exits 1', async () => {
