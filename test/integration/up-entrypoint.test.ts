@@ -1,15 +1,16 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
 import { call, oipClient } from './serve-client.js';
 import { fixtureConfig, singleDeviceOutputs, writeSafetensors, writeServeFixture } from './serve-fixture.js';
 import { freePortBlock, freePorts } from '../harness/ports.js';
 import { bytesOf } from './serve-models.js';
 import { RANK_NODE_FLAGS } from '../../runtime-image/node-flags.js';
+import { buildImageTree, IMAGE_PATHS } from '../harness/image-tree.js';
 
 // The container entrypoint (`shardserve rank` with the pod environment) and the image definition.
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -22,17 +23,17 @@ afterAll(() => {
 const LAUNCHER_TEXT = readFileSync(join(ROOT, 'runtime-image', 'launcher.sh'), 'utf8');
 
 /** That command, aimed at this checkout instead of /app: what the entrypoint runs. */
-function launcherIn(dir: string): string {
+function launcherIn(dir: string, app = ROOT): string {
   const path = join(dir, 'shardserve');
-  writeFileSync(path, LAUNCHER_TEXT.replaceAll('/app/bin/shardserve.mjs', join(ROOT, 'bin', 'shardserve.mjs')));
+  writeFileSync(path, LAUNCHER_TEXT.replaceAll('/app/bin/shardserve.mjs', join(app, 'bin', 'shardserve.mjs')));
   chmodSync(path, 0o755);
   return path;
 }
 const LAUNCHER = launcherIn(mkdtempSync(join(tmpdir(), 'launcher-')));
 
-function runCli(args: string[], env: NodeJS.ProcessEnv) {
+function runCli(args: string[], env: NodeJS.ProcessEnv, launcher = LAUNCHER) {
   const PATH = `${dirname(process.execPath)}:${process.env.PATH ?? ''}`;
-  const child = spawn(LAUNCHER, args, { env: { ...process.env, PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(launcher, args, { env: { ...process.env, PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let output = '';
   child.stdout!.on('data', (d) => (output += d));
@@ -62,8 +63,17 @@ describe('runtime-image/Dockerfile', () => {
     expect(final).toMatch(/^FROM node:20-[a-z-]*slim/m);
     expect(text).toMatch(/npm ci --omit=dev/);
   });
+  it('compiles the product in a build stage and runs the compiled tree (what test/harness/image-tree.ts makes)', () => {
+    const build = text.slice(text.indexOf('\nFROM deps AS build'), text.lastIndexOf('\nFROM '));
+    const copied = [...build.matchAll(/^COPY (\S+(?: \S+)*) \.\/(\S*)$/gm)].flatMap((m) => m[1].split(' '));
+    expect(copied).toEqual(IMAGE_PATHS);
+    expect(build).toMatch(/^RUN npx tsc -p tsconfig\.build\.json$/m);
+    // The final stage takes every product path from the build stage (compiled JavaScript next to each source).
+    const fromBuild = [...final.matchAll(/^COPY --from=build \/app\/(\S+) \.\/(\S+)$/gm)].map((m) => [m[1], m[2]]);
+    expect(fromBuild).toEqual(IMAGE_PATHS.filter((p) => !p.startsWith('tsconfig')).map((p) => [p, p]));
+    expect(final).toMatch(/^COPY --from=deps \/app\/node_modules \.\/node_modules$/m);
+  });
   it('installs runtime-image/launcher.sh as the `shardserve` command', () => {
-    expect(final).toMatch(/^COPY runtime-image \.\/runtime-image$/m);
     expect(final).toMatch(/^RUN ln -s \/app\/runtime-image\/launcher\.sh \/usr\/local\/bin\/shardserve && chmod 0755 \/app\/runtime-image\/launcher\.sh$/m);
   });
   it('has `shardserve rank` exec node with the rank\'s V8 flags (as `shardserve up` does), every other command without them', () => {
@@ -87,39 +97,73 @@ describe('runtime-image/Dockerfile', () => {
 /** Environment variables under which onnxruntime suppresses its telemetry by itself (CI services). */
 const ORT_CI_MARKERS = ['GITHUB_ACTIONS', 'TF_BUILD', 'JENKINS_URL', 'GITLAB_CI', 'TRAVIS', 'CIRCLECI', 'BUILDKITE', 'TEAMCITY_VERSION'];
 
+/**
+ * `shardserve rank` through `launcher` (the image's command aimed at `app`): loads, serves the OIP
+ * front door with the merged model's exact outputs, and drains on SIGTERM. TMPDIR and HOME are an
+ * empty directory; with `noWrites` it must still be empty afterwards (what a read-only root
+ * filesystem needs; checked this way because tests may run as root, whom permissions do not stop).
+ */
+async function servesAndDrains(launcher: string, app: string, noWrites: boolean): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'rank-entry-'));
+  const home = mkdtempSync(join(tmpdir(), 'rank-home-'));
+  const net = mlpNetwork();
+  const fixture = writeServeFixture(join(dir, 'fixture'), net, 1);
+  const [grpc, http] = await freePorts(2);
+  const rank = await freePortBlock(1);
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(fixtureConfig(fixture, { grpc, http, rank })));
+  const proc = runCli(['rank'], {
+    SHARDSERVE_RANK: '0', SHARDSERVE_GROUP: '0', SHARDSERVE_WORLD_SIZE: '1', SHARDSERVE_PIPELINE_STAGES: '1', SHARDSERVE_TENSOR_PARALLEL: '1',
+    SHARDSERVE_PEERS: '127.0.0.1:{port}', SHARDSERVE_CONFIG: join(dir, 'config.json'), SHARDSERVE_BIND_HOST: '127.0.0.1',
+    TMPDIR: home, HOME: home,
+    // Neither the suites' own telemetry setting nor a CI marker (onnxruntime stays quiet under those):
+    // the rank's default alone decides.
+    ORT_DISABLE_TELEMETRY: undefined, ...Object.fromEntries(ORT_CI_MARKERS.map((k) => [k, undefined])),
+  }, launcher);
+  await waitFor('/readyz', async () => (await fetch(`http://127.0.0.1:${http}/readyz`)).status === 200, 60_000);
+  // The launcher exec'd node: the process that serves is the one the container runtime signals.
+  const argv = readFileSync(`/proc/${proc.child.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  expect(argv.slice(1)).toEqual([...RANK_NODE_FLAGS, join(app, 'bin', 'shardserve.mjs'), 'rank']);
+  const input = net.sampleInput(2).x;
+  const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) });
+  const client = oipClient(`127.0.0.1:${grpc}`);
+  const res = await call(client, 'ModelInfer', { model_name: 'net', inputs: [{ name: 'x', datatype: 'FP32', shape: input.dims }], raw_input_contents: [Buffer.from(input.data.buffer)] });
+  client.close();
+  expect(Buffer.compare(res.raw_output_contents[0], bytesOf(expected.y))).toBe(0);
+  proc.child.kill('SIGTERM');
+  expect(await proc.exited).toBe(0);
+  expect(proc.output()).toMatch(/rank 0: draining \(received SIGTERM\)/);
+  // Nothing in HOME or TMPDIR but, through tsx, its transpile cache: no onnxruntime telemetry files
+  // (a device id under .cache/Microsoft, .ses, mat-debug-*.log), which it writes unless turned off.
+  const written = readdirSync(home, { encoding: 'utf8' });
+  expect(noWrites ? written : written.filter((f) => !f.startsWith('tsx-'))).toEqual([]);
+}
+
+describe('the image\'s compiled tree (runtime-image/Dockerfile\'s build stage, made by test/harness/image-tree.ts)', () => {
+  let tree = '';
+  beforeAll(() => {
+    tree = buildImageTree(join(mkdtempSync(join(tmpdir(), 'image-tree-')), 'app'));
+  }, 200_000);
+
+  it('has JavaScript next to every product source, and runs commands with neither tsx nor esbuild installed', () => {
+    const sources = (dir: string): string[] => readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts'));
+    for (const top of ['core', 'cli', 'runtime-image', 'operator']) {
+      const ts = sources(join(tree, top)).filter((f) => f !== join('layout', 'test-builders.ts'));
+      expect(ts.length).toBeGreaterThan(0);
+      expect(ts.filter((f) => !existsSync(join(tree, top, f.replace(/\.ts$/, '.js')))), top).toEqual([]);
+    }
+    expect(existsSync(join(tree, 'node_modules', 'tsx'))).toBe(false);
+    const out = execFileSync(process.execPath, [join(tree, 'bin', 'shardserve.mjs'), '--version'], { encoding: 'utf8' });
+    expect(out.trim()).toBe(`shardserve ${JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version}`);
+  });
+
+  it('serves as `shardserve rank` and writes nothing (no transpile cache): exact outputs, drains on SIGTERM', async () => {
+    await servesAndDrains(launcherIn(mkdtempSync(join(tmpdir(), 'launcher-')), tree), tree, true);
+  }, 90_000);
+});
+
 describe('shardserve rank (the entrypoint command) with the pod environment', () => {
-  it('loads, serves the OIP front door with the merged model\'s exact outputs, and drains on SIGTERM', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'rank-entry-'));
-    const home = mkdtempSync(join(tmpdir(), 'rank-home-'));
-    const net = mlpNetwork();
-    const fixture = writeServeFixture(join(dir, 'fixture'), net, 1);
-    const [grpc, http] = await freePorts(2);
-    const rank = await freePortBlock(1);
-    writeFileSync(join(dir, 'config.json'), JSON.stringify(fixtureConfig(fixture, { grpc, http, rank })));
-    const proc = runCli(['rank'], {
-      SHARDSERVE_RANK: '0', SHARDSERVE_GROUP: '0', SHARDSERVE_WORLD_SIZE: '1', SHARDSERVE_PIPELINE_STAGES: '1', SHARDSERVE_TENSOR_PARALLEL: '1',
-      SHARDSERVE_PEERS: '127.0.0.1:{port}', SHARDSERVE_CONFIG: join(dir, 'config.json'), SHARDSERVE_BIND_HOST: '127.0.0.1',
-      TMPDIR: home, HOME: home,
-      // Neither the suites' own telemetry setting nor a CI marker (onnxruntime stays quiet under those):
-      // the rank's default alone decides.
-      ORT_DISABLE_TELEMETRY: undefined, ...Object.fromEntries(ORT_CI_MARKERS.map((k) => [k, undefined])),
-    });
-    await waitFor('/readyz', async () => (await fetch(`http://127.0.0.1:${http}/readyz`)).status === 200, 60_000);
-    // The launcher exec'd node: the process that serves is the one the container runtime signals.
-    const argv = readFileSync(`/proc/${proc.child.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-    expect(argv.slice(1)).toEqual([...RANK_NODE_FLAGS, join(ROOT, 'bin', 'shardserve.mjs'), 'rank']);
-    const input = net.sampleInput(2).x;
-    const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) });
-    const client = oipClient(`127.0.0.1:${grpc}`);
-    const res = await call(client, 'ModelInfer', { model_name: 'net', inputs: [{ name: 'x', datatype: 'FP32', shape: input.dims }], raw_input_contents: [Buffer.from(input.data.buffer)] });
-    client.close();
-    expect(Buffer.compare(res.raw_output_contents[0], bytesOf(expected.y))).toBe(0);
-    proc.child.kill('SIGTERM');
-    expect(await proc.exited).toBe(0);
-    expect(proc.output()).toMatch(/rank 0: draining \(received SIGTERM\)/);
-    // Nothing in HOME or TMPDIR but tsx's transpile cache: no onnxruntime telemetry files (a device id
-    // under .cache/Microsoft, .ses, mat-debug-*.log), which it writes unless turned off.
-    expect(readdirSync(home, { encoding: 'utf8' }).filter((f) => !f.startsWith('tsx-'))).toEqual([]);
+  it('loads, serves the OIP front door with the merged model\'s exact outputs, and drains on SIGTERM (sources through tsx)', async () => {
+    await servesAndDrains(LAUNCHER, ROOT, false);
   }, 90_000);
 
   it('writes a stage-count mismatch to the termination log and exits 1', async () => {
