@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { DecryptionMode, DecryptionOptions } from '../core/checkpoint/types.js';
+import { parseKey } from '../core/ckpt/decrypt.js';
 import { ShardserveError } from '../core/errors.js';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -37,14 +38,6 @@ export const decryptionFlags = {
 
 const MODES: DecryptionMode[] = ['AES-GCM', 'AES-CBC', 'SM4-CBC'];
 
-/** Raw key bytes, or hex text (with an optional trailing newline) of 16, 24 or 32 bytes. */
-function keyBytes(raw: Uint8Array, where: string): Uint8Array {
-  const text = Buffer.from(raw).toString('latin1').trim();
-  if (/^[0-9a-fA-F]+$/.test(text) && [32, 48, 64].includes(text.length)) return Buffer.from(text, 'hex');
-  if ([16, 24, 32].includes(raw.length)) return raw;
-  throw new ShardserveError('BadKey', `${where}: key must be 16, 24 or 32 raw bytes or as many bytes in hex, got ${raw.length} bytes`);
-}
-
 /**
  * The decryption key of an encrypted .ckpt, only ever from a file (--key-file) or an environment
  * variable named by --key-env — never from a flag value, which `ps` would show.
@@ -61,11 +54,11 @@ export function decryptionFrom(values: { 'key-file'?: string; 'key-env'?: string
     } catch {
       throw new ShardserveError('NotFound', `${values['key-file']}: cannot read the key file`, { file: values['key-file'] });
     }
-    key = keyBytes(raw, values['key-file']);
+    key = parseKey(raw, values['key-file']);
   } else if (values['key-env']) {
     const v = process.env[values['key-env']];
     if (!v) throw new ShardserveError('Usage', `environment variable ${values['key-env']} (from --key-env) is not set`);
-    key = keyBytes(Buffer.from(v, 'latin1'), `$${values['key-env']}`);
+    key = parseKey(Buffer.from(v, 'latin1'), `$${values['key-env']}`);
   }
   if (!key) {
     if (mode) throw new ShardserveError('Usage', '--dec-mode needs a key: --key-file <file> or --key-env <VAR>');

@@ -50,10 +50,18 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Where a command takes the key of an encrypted checkpoint, for the error that says one is needed. */
+const KEY_HINT: Record<string, string> = {
+  default: 'give it with --key-file <file> or --key-env <VAR>, and --dec-mode',
+  up: 'give it with --key-file <file>, and --dec-mode',
+  rank: "the rank configuration's checkpoint.decryption names the key file (on Kubernetes: spec.checkpoint.decryption, a Secret)",
+};
+
 /** One line, no stack trace, unless SHARDSERVE_DEBUG is set. */
 export function reportError(command: string, e: unknown): number {
   if (process.env.SHARDSERVE_DEBUG) console.error(e);
-  const message = e instanceof Error ? e.message : String(e);
+  let message = e instanceof Error ? e.message : String(e);
+  if (e instanceof ShardserveError && e.code === 'KeyRequired') message += ` (${KEY_HINT[command] ?? KEY_HINT.default})`;
   process.stderr.write(`shardserve ${command}: ${message}\n`);
   return e instanceof ShardserveError && e.code === 'Usage' ? 2 : 1;
 }

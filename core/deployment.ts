@@ -18,7 +18,7 @@ export interface RankConfig {
     uri: string;
     strategy: string;
     format?: 'auto' | 'mindspore-ckpt' | 'safetensors';
-    /** A file holding the raw key (mounted Secret); never the key itself. */
+    /** A file holding the key, 16, 24 or 32 bytes raw or in hex (a mounted Secret); never the key itself. */
     decryption?: { keyFile: string; mode: 'AES-GCM' | 'AES-CBC' | 'SM4-CBC' };
     /** A file in AWS credentials/env format (mounted Secret) for s3:// locations. */
     credentialsFile?: string;

@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import type { RankConfig } from '../core/deployment.js';
+import { parseKey } from '../core/ckpt/decrypt.js';
 import { ShardserveError } from '../core/errors.js';
 import type { parseOnnx } from '../core/onnx/model.js';
 import { readOnnxSkeleton } from '../core/onnx/skeleton.js';
@@ -66,7 +67,7 @@ export async function loadCheckpointStage(config: RankConfig, position: RankPosi
     const strategy = await loadStrategy(config.checkpoint.strategy);
     const plan = planFor(model, strategy, config, position.stages);
     const decryption = config.checkpoint.decryption
-      ? { key: new Uint8Array(await readFile(config.checkpoint.decryption.keyFile)), mode: config.checkpoint.decryption.mode }
+      ? { key: parseKey(new Uint8Array(await readFile(config.checkpoint.decryption.keyFile)), config.checkpoint.decryption.keyFile), mode: config.checkpoint.decryption.mode }
       : undefined;
     const slice = await loadDestinationSlice({
       // Only what this stage's graph takes from the checkpoint (not optimizer states: twice the weights with Adam).
@@ -75,7 +76,7 @@ export async function loadCheckpointStage(config: RankConfig, position: RankPosi
       strategy: config.checkpoint.strategy,
       target: { world: position.stages * position.tensorParallel, stages: position.stages, tp: position.tensorParallel },
       rank: position.rank,
-      decryption: decryption as any,
+      decryption,
       onProgress,
     });
     if (slice.stage !== position.stage) {

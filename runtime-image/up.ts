@@ -16,6 +16,8 @@ export interface UpOptions {
   modelName: string;
   cutTensors?: string[];
   host?: string;
+  /** An encrypted .ckpt checkpoint: the key file every rank reads (its path, never the key). */
+  decryption?: NonNullable<RankConfig['checkpoint']['decryption']>;
 }
 
 /** The rank configuration `up` hands every local rank, with the layout checked against the strategy. */
@@ -35,7 +37,7 @@ export async function upConfig(o: UpOptions): Promise<RankConfig> {
   return {
     modelName: o.modelName,
     model: { uri: o.model, ...(o.cutTensors?.length ? { cutTensors: o.cutTensors } : {}) },
-    checkpoint: { uri: o.checkpoint, strategy: o.strategy },
+    checkpoint: { uri: o.checkpoint, strategy: o.strategy, ...(o.decryption ? { decryption: o.decryption } : {}) },
     parallelism: { pipelineStages: stages, tensorParallel: tp },
     serving: { grpcPort: o.grpcPort, httpPort: o.httpPort, rankPort: o.rankPort },
   };

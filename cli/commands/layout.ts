@@ -3,13 +3,13 @@ import { ShardserveError } from '../../core/errors.js';
 import { deriveInferenceStrategy, resolveTarget } from '../../core/layout/derive.js';
 import { CheckpointSource, loadStrategy } from '../../core/reshard/session.js';
 import { strategyToJson } from '../../core/strategy/writer.js';
-import { parseFlags, required, targetFlags, targetFrom } from '../args.js';
+import { decryptionFlags, decryptionFrom, parseFlags, required, targetFlags, targetFrom } from '../args.js';
 import type { Command } from '../main.js';
 
 export const layoutCommand: Command = {
   name: 'layout',
   summary: 'derive the inference strategy (MindSpore JSON) for a target world from the training strategy',
-  usage: `Usage: shardserve layout --strategy <file|dir> [--world N] [--stages P] [--tp T] --out <predict.json> [--checkpoint <dir|uri>]
+  usage: `Usage: shardserve layout --strategy <file|dir> [--world N] [--stages P] [--tp T] --out <predict.json> [--checkpoint <dir|uri> [key options]]
 
 Derives the inference layout (what MindSpore's infer_predict_layout gives for pure tensor
 parallelism) and writes it as a MindSpore JSON strategy file.
@@ -20,6 +20,7 @@ parallelism) and writes it as a MindSpore JSON strategy file.
   --tp T                  tensor-parallel ranks per stage (default N / P)
   --out <file.json>       where to write the strategy (written to a temp name, then renamed)
   --checkpoint <dir|uri>  read full shapes from the checkpoint when the strategy lacks them (protobuf)
+  --key-file <file> | --key-env <VAR>, --dec-mode <AES-GCM|AES-CBC|SM4-CBC>   for an encrypted .ckpt checkpoint
 
 Rule: each parameter keeps the dim training split for model parallelism (the one with the most
 parts) with T parts when T divides it, else the next split dim, else it is replicated.
@@ -28,16 +29,18 @@ Example:
   shardserve layout --strategy strategy/ --stages 2 --tp 4 --out predict.json
 `,
   async run(argv) {
-    const { values } = parseFlags(argv, { strategy: { type: 'string' }, out: { type: 'string' }, checkpoint: { type: 'string' }, ...targetFlags });
+    const { values } = parseFlags(argv, { strategy: { type: 'string' }, out: { type: 'string' }, checkpoint: { type: 'string' }, ...targetFlags, ...decryptionFlags });
     const strategyUri = required(values.strategy, '--strategy');
     const out = required(values.out, '--out');
     if (!out.endsWith('.json')) throw new ShardserveError('Usage', `--out ${out}: the inference strategy is written as MindSpore JSON, so the name must end in .json`);
+    const decryption = decryptionFrom(values);
+    if (decryption && !values.checkpoint) throw new ShardserveError('Usage', 'a key is only read with --checkpoint (the strategy is never encrypted)');
     const given = targetFrom(values);
     if (!given) throw new ShardserveError('Usage', 'give the inference world: --tp T (and optionally --stages P), or --world N');
     let training;
     let shapes = new Map<string, number[]>();
     if (values.checkpoint) {
-      const source = await CheckpointSource.open({ checkpoint: values.checkpoint, strategy: strategyUri });
+      const source = await CheckpointSource.open({ checkpoint: values.checkpoint, strategy: strategyUri, decryption });
       try {
         training = source.strategy;
         shapes = await source.fullShapes();

@@ -1,16 +1,21 @@
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ShardserveError } from '../../core/errors.js';
+import { decryptionFrom } from '../args.js';
 import type { Command } from '../main.js';
 
 const usage = `Usage: shardserve up --model <net.onnx> --checkpoint <dir|uri> --strategy <file|dir>
                      [--world N --stages P --tp T] [--port 8001 --http-port 8000]
                      [--rank-port 7000] [--name NAME] [--cut-tensors a,b] [--ready-timeout SECONDS]
+                     [--key-file <file> [--dec-mode AES-GCM|AES-CBC|SM4-CBC]]
 
 Runs every rank of the layout as a local process (loopback ports), shows their loading progress,
 restarts a rank that dies, and serves the Open Inference Protocol from rank 0: gRPC on --port,
 REST on --http-port (/v2/..., /healthz, /readyz, /metrics). Rank k's stage-to-stage port is
 --rank-port + k. Ctrl-C or SIGTERM drains requests in flight and stops every rank.
 Stages default to the strategy's pipeline stage count; tensor parallel (--tp) must be 1 for now.
+An encrypted .ckpt checkpoint: --key-file names a file holding the key (16, 24 or 32 bytes, raw or
+in hex), which every rank reads itself; the key is never passed on a command line or in the config.
 `;
 
 function int(value: string | undefined, flag: string, min: number): number | undefined {
@@ -29,6 +34,7 @@ export function parseUpFlags(argv: string[]) {
         world: { type: 'string' }, stages: { type: 'string' }, tp: { type: 'string' },
         port: { type: 'string' }, 'http-port': { type: 'string' }, 'rank-port': { type: 'string' },
         name: { type: 'string' }, 'cut-tensors': { type: 'string' }, 'ready-timeout': { type: 'string' },
+        'key-file': { type: 'string' }, 'dec-mode': { type: 'string' },
       },
       strict: true,
     }));
@@ -38,6 +44,8 @@ export function parseUpFlags(argv: string[]) {
   for (const f of ['model', 'checkpoint', 'strategy'] as const) {
     if (!values[f]) throw new ShardserveError('Usage', `--${f} is required`);
   }
+  // Read and checked here, so a wrong key file fails before any rank starts; the ranks get its path.
+  const key = decryptionFrom({ 'key-file': values['key-file'], 'dec-mode': values['dec-mode'] });
   return {
     model: values.model!, checkpoint: values.checkpoint!, strategy: values.strategy!,
     world: int(values.world, '--world', 1), stages: int(values.stages, '--stages', 1), tp: int(values.tp, '--tp', 1),
@@ -47,6 +55,7 @@ export function parseUpFlags(argv: string[]) {
     modelName: values.name ?? 'model',
     cutTensors: values['cut-tensors']?.split(',').map((s) => s.trim()).filter(Boolean),
     readyTimeoutMs: (int(values['ready-timeout'], '--ready-timeout', 1) ?? 600) * 1000,
+    decryption: key ? { keyFile: resolve(values['key-file']!), mode: key.mode ?? 'AES-GCM' } : undefined,
   };
 }
 

@@ -16,6 +16,18 @@ export const CIPHER_MAGIC: Record<DecryptionMode, number> = {
   'SM4-CBC': 0x7f3a5eda,
 };
 
+/**
+ * A key as users keep it: 16, 24 or 32 raw bytes, or the hex text of as many (an optional trailing
+ * newline allowed), as read from a key file, a mounted Secret or an environment variable. `where`
+ * names the source in the error.
+ */
+export function parseKey(raw: Uint8Array, where: string): Uint8Array {
+  const text = Buffer.from(raw).toString('latin1').trim();
+  if (/^[0-9a-fA-F]+$/.test(text) && [32, 48, 64].includes(text.length)) return Buffer.from(text, 'hex');
+  if ([16, 24, 32].includes(raw.length)) return raw;
+  throw new ShardserveError('BadKey', `${where}: key must be 16, 24 or 32 raw bytes or as many bytes in hex, got ${raw.length} bytes`);
+}
+
 export function cipherModeOfMagic(magic: number): DecryptionMode | undefined {
   for (const [mode, m] of Object.entries(CIPHER_MAGIC)) if (m === magic) return mode as DecryptionMode;
   return undefined;

@@ -190,8 +190,8 @@ const spec: Schema = {
           description: 'Decryption of an encrypted MindSpore .ckpt (save_checkpoint(enc_key=..., enc_mode=...)). The key stays in its Secret and is mounted by reference.',
           required: ['secretName'],
           properties: {
-            secretName: secretName('holding the raw decryption key'),
-            key: { type: 'string', description: 'Key inside the Secret that holds the raw key bytes.', default: 'key', minLength: 1, maxLength: 253 },
+            secretName: secretName('holding the decryption key (16, 24 or 32 bytes, raw or in hex)'),
+            key: { type: 'string', description: 'Key inside the Secret that holds the key.', default: 'key', minLength: 1, maxLength: 253 },
             mode: {
               type: 'string',
               description: 'Cipher the checkpoint was saved with (MindSpore enc_mode).',

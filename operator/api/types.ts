@@ -64,9 +64,9 @@ export interface CredentialsRef {
 
 /** Decryption of an encrypted MindSpore .ckpt (save_checkpoint(enc_key=..., enc_mode=...)). The key stays in its Secret and is mounted by reference. */
 export interface DecryptionRef {
-  /** Name of a Secret in the resource's namespace holding the raw decryption key. */
+  /** Name of a Secret in the resource's namespace holding the decryption key (16, 24 or 32 bytes, raw or in hex). */
   secretName: string;
-  /** Key inside the Secret that holds the raw key bytes. Default: "key". */
+  /** Key inside the Secret that holds the key. Default: "key". */
   key?: string;
   /** Cipher the checkpoint was saved with (MindSpore enc_mode). Default: "AES-GCM". */
   mode?: "AES-GCM" | "AES-CBC" | "SM4-CBC";

@@ -58,7 +58,9 @@ const cases: BadCase[] = [
   { proves: 'a strategy for fewer devices than the checkpoint has', args: ['merge', '--checkpoint', join(tutorial, 'ckpt'), '--strategy', join(bad, 'strategy-4-devices.ckpt'), '--out', join(work, 'm.safetensors')], code: 1, message: `shardserve merge: ${join(tutorial, 'ckpt')}: has rank_4/ but the strategy ${join(bad, 'strategy-4-devices.ckpt')} describes 4 ranks (1 stage(s) × 4 devices); no strategy file covers rank_4..rank_7` },
   { proves: 'strategy files for only one of two stages', args: ['merge', '--checkpoint', join(fixtures, 'cases', 'pipeline-2stage', 'ckpt'), '--strategy', join(bad, 'strategy-missing-stage'), '--out', join(work, 'm.safetensors')], code: 1, message: `shardserve merge: ${join(fixtures, 'cases', 'pipeline-2stage', 'ckpt')}: has rank_4/ but the strategy ${join(bad, 'strategy-missing-stage')} describes 4 ranks (1 stage(s) × 4 devices); no strategy file covers rank_4..rank_7` },
   { proves: 'a merged strategy with a stage gap', args: ['merge', '--checkpoint', join(fixtures, 'cases', 'pipeline-2stage', 'ckpt'), '--strategy', join(bad, 'strategy-stage-gap.ckpt'), '--out', join(work, 'm.safetensors')], code: 1, message: `shardserve merge: ${join(bad, 'strategy-stage-gap.ckpt')}: strategy does not contain all pipeline stages: found stages [0,2], expected 0..2` },
-  { proves: 'an encrypted checkpoint without a key', args: ['merge', '--checkpoint', join(gcm, 'ckpt'), '--strategy', join(gcm, 'strategy.ckpt'), '--out', join(work, 'm.safetensors')], code: 1, message: `shardserve merge: ${join(gcm, 'ckpt', 'rank_0', 'net-1_1.ckpt')}: checkpoint is encrypted (AES-GCM); a decryption key is required` },
+  { proves: 'an encrypted checkpoint without a key', args: ['merge', '--checkpoint', join(gcm, 'ckpt'), '--strategy', join(gcm, 'strategy.ckpt'), '--out', join(work, 'm.safetensors')], code: 1, message: `shardserve merge: ${join(gcm, 'ckpt', 'rank_0', 'net-1_1.ckpt')}: checkpoint is encrypted (AES-GCM); a decryption key is required (give it with --key-file <file> or --key-env <VAR>, and --dec-mode)` },
+  { proves: 'layout of an encrypted checkpoint without a key', args: ['layout', '--strategy', join(gcm, 'strategy.ckpt'), '--tp', '2', '--out', join(work, 'p-gcm.json'), '--checkpoint', join(gcm, 'ckpt')], code: 1, message: `shardserve layout: ${join(gcm, 'ckpt', 'rank_0', 'net-1_1.ckpt')}: checkpoint is encrypted (AES-GCM); a decryption key is required (give it with --key-file <file> or --key-env <VAR>, and --dec-mode)` },
+  { proves: 'a key for layout without a checkpoint to read', args: ['layout', '--strategy', join(gcm, 'strategy.ckpt'), '--tp', '2', '--out', join(work, 'p-gcm.json'), '--key-file', keyFile], code: 2, message: 'shardserve layout: a key is only read with --checkpoint (the strategy is never encrypted)' },
   { proves: 'the wrong key', args: ['merge', '--checkpoint', join(gcm, 'ckpt'), '--strategy', join(gcm, 'strategy.ckpt'), '--out', join(work, 'm.safetensors'), '--key-file', wrongKey], code: 1, message: `shardserve merge: ${join(gcm, 'ckpt', 'rank_0', 'net-1_1.ckpt')}: encrypted segment at offset 0: AES-GCM tag mismatch (wrong key or corrupted file)` },
   { proves: 'a key file of the wrong size', args: ['merge', '--checkpoint', join(gcm, 'ckpt'), '--strategy', join(gcm, 'strategy.ckpt'), '--out', join(work, 'm.safetensors'), '--key-file', shortKey], code: 1, message: `shardserve merge: ${shortKey}: key must be 16, 24 or 32 raw bytes or as many bytes in hex, got 3 bytes` },
   { proves: 'a key variable that is not set', args: ['merge', '--checkpoint', join(gcm, 'ckpt'), '--strategy', join(gcm, 'strategy.ckpt'), '--out', join(work, 'm.safetensors'), '--key-env', 'SHARDSERVE_TEST_UNSET_KEY'], code: 2, message: 'shardserve merge: environment variable SHARDSERVE_TEST_UNSET_KEY (from --key-env) is not set' },
@@ -93,6 +95,20 @@ describe('bad input gives one specific line and a non-zero exit', () => {
     const r = await cli(['merge', '--checkpoint', join(gcm, 'ckpt'), '--strategy', join(gcm, 'strategy.ckpt'), '--out', join(work, 'merge-fail', 'm.safetensors')]);
     expect(r.code).toBe(1);
     expect(existsSync(join(work, 'merge-fail'))).toBe(false);
+  });
+});
+
+describe('encrypted checkpoints', () => {
+  it('layout reads the full shapes of an encrypted checkpoint (protobuf strategy) with its key', async () => {
+    const out = join(work, 'predict-gcm.json');
+    const r = await cli(['layout', '--strategy', join(gcm, 'strategy.ckpt'), '--tp', '2', '--out', out, '--checkpoint', join(gcm, 'ckpt'), '--key-file', keyFile, '--dec-mode', 'AES-GCM']);
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    const items = JSON.parse(readFileSync(out, 'utf8')).parallel_layout_item;
+    // case.json of encrypted-aes-gcm: w [6,5] split on dim 0, i [4] replicated
+    expect(Object.fromEntries(Object.entries(items).map(([k, v]: [string, any]) => [k, [v.dev_matrix, v.tensor_map, v.tensor_shape]]))).toEqual({
+      w: [[2], [0, -1], [6, 5]],
+      i: [[2], [-1], [4]],
+    });
   });
 });
 

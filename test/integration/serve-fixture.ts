@@ -2,8 +2,11 @@
 // JSON pipeline strategy (one device per stage) and rank_<s>/model.safetensors holding only stage s's
 // parameters — what pipeline-parallel training leaves behind — plus the single-device oracle.
 import * as ort from 'onnxruntime-node';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { DecryptionMode } from '../../core/checkpoint/types.js';
+import { createTensorFileWriter } from '../../core/checkpoint/writer.js';
+import { encryptCkpt } from '../../core/ckpt/record-builder.js';
 import type { RankConfig } from '../../core/deployment.js';
 import { buildStageModel } from '../../core/onnx/bind.js';
 import { serializeOnnx } from '../../core/onnx/model.js';
@@ -60,6 +63,25 @@ export function writeServeFixture(dir: string, net: SampleNetwork, stages: numbe
     writeFileSync(join(dir, 'ckpt', `rank_${s}`, 'model.safetensors'), safetensors(own));
   }
   return { dir, model: join(dir, 'net.onnx'), checkpoint: join(dir, 'ckpt'), strategy: join(dir, 'strategy.json'), stages };
+}
+
+/**
+ * Replaces every rank's safetensors file with a MindSpore .ckpt of the same tensors, encrypted as
+ * save_checkpoint(enc_key=key, enc_mode=mode) writes it (rank_<s>/model.ckpt).
+ */
+export async function encryptServeFixture(f: ServeFixture, net: SampleNetwork, key: Uint8Array, mode: DecryptionMode): Promise<void> {
+  const stageOf = net.stageOf(f.stages);
+  for (let s = 0; s < f.stages; s++) {
+    const own = [...net.weights].filter(([name]) => (stageOf(name) ?? 0) === s);
+    const dir = join(f.checkpoint, `rank_${s}`);
+    const plain = join(dir, 'plain.ckpt');
+    const w = await createTensorFileWriter(plain, 'mindspore-ckpt', own.map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })));
+    for (const [name, t] of own) await w.writeAt(name, 0, t.data);
+    await w.commit();
+    writeFileSync(join(dir, 'model.ckpt'), encryptCkpt(readFileSync(plain), key, mode));
+    rmSync(plain);
+    rmSync(join(dir, 'model.safetensors'));
+  }
 }
 
 /**

@@ -1,11 +1,14 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
 import { RANK_NODE_FLAGS } from '../../runtime-image/node-flags.js';
-import { writeServeFixture } from './serve-fixture.js';
+import * as ort from 'onnxruntime-node';
+import { call, oipClient } from './serve-client.js';
+import { encryptServeFixture, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
+import { bytesOf } from './serve-models.js';
 import { freePortBlock, freePorts } from '../harness/ports.js';
 
 // `npm start` (shardserve demo) and `shardserve up` as a user runs them.
@@ -84,6 +87,44 @@ describe('shardserve up', () => {
     expect(run.stderr()).toMatch(/\[rank 1\] rank 1: stopped/);
     await expect(fetch(`http://127.0.0.1:${http}/readyz`)).rejects.toThrow();
   }, 120_000);
+
+  it('serves an encrypted .ckpt checkpoint with --key-file (a hex key) and --dec-mode: exact outputs', async () => {
+    const net = mlpNetwork();
+    const f = writeServeFixture(mkdtempSync(join(tmpdir(), 'up-enc-')), net, 2);
+    const key = Buffer.from('0f0e0d0c0b0a09080706050403020100', 'hex');
+    await encryptServeFixture(f, net, key, 'SM4-CBC');
+    const keyFile = join(f.dir, 'ckpt.key');
+    writeFileSync(keyFile, key.toString('hex') + '\n');
+    const [grpc, http] = await freePorts(2);
+    const rankPort = await freePortBlock(2);
+    const run = cli(['up', '--model', f.model, '--checkpoint', f.checkpoint, '--strategy', f.strategy, '--port', String(grpc), '--http-port', String(http), '--rank-port', String(rankPort),
+      '--name', 'enc', '--key-file', keyFile, '--dec-mode', 'SM4-CBC'], 120_000);
+    const until = Date.now() + 90_000;
+    while (!/serving model 'enc' on 2 stage\(s\)/.test(run.stderr())) {
+      if (Date.now() > until || run.child.exitCode !== null) throw new Error(run.stderr());
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const input = net.sampleInput(3).x;
+    const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) });
+    const client = oipClient(`127.0.0.1:${grpc}`);
+    const res = await call(client, 'ModelInfer', { model_name: 'enc', inputs: [{ name: 'x', datatype: 'FP32', shape: input.dims }], raw_input_contents: [Buffer.from(input.data.buffer)] });
+    client.close();
+    expect(Buffer.compare(res.raw_output_contents[0], bytesOf(expected.y))).toBe(0);
+    // The key itself is on no command line: each rank was given the file's path in its configuration.
+    for (const pid of execFileSync('pgrep', ['-P', String(run.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number)) {
+      expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8')).not.toContain(key.toString('hex'));
+    }
+    run.child.kill('SIGTERM');
+    expect(await run.exited).toBe(0);
+  }, 120_000);
+
+  it('refuses a key file of the wrong size before starting any rank', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'up-badkey-'));
+    writeFileSync(join(dir, 'short.key'), 'abc');
+    const run = cli(['up', '--model', 'm.onnx', '--checkpoint', 'c', '--strategy', 's', '--key-file', join(dir, 'short.key')], 30_000);
+    expect(await run.exited).toBe(1);
+    expect(run.stderr()).toBe(`shardserve up: ${join(dir, 'short.key')}: key must be 16, 24 or 32 raw bytes or as many bytes in hex, got 3 bytes\n`);
+  }, 30_000);
 
   it('takes its ranks down with it when it is killed outright (no orphaned ranks)', async () => {
     const f = writeServeFixture(mkdtempSync(join(tmpdir(), 'up-')), mlpNetwork(), 2);
