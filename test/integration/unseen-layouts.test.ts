@@ -1,10 +1,11 @@
 // Checkpoints no test has seen, from real MindSpore: test/fixtures/mindspore/unseen.py draws a training
 // layout per seed (stages, device matrix, tensor maps, optimizer sharding, tied parameters, dtypes,
 // strategy form), has MindSpore save every rank's slice and merge them (load_distributed_checkpoint
-// with predict_strategy=None, transform_checkpoints), and this suite runs our CLI on the result as a
+// with predict_strategy=None, transform_checkpoints), stored as .ckpt or safetensors, with a CRC or
+// encrypted, and this suite runs our CLI on the result as a
 // user would: merge, layout + reshard (safetensors and .ckpt) and plan, checked against MindSpore.
 // Other seeds: `python test/fixtures/mindspore/unseen.py make --out DIR --seeds ...`.
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +16,10 @@ import { cli } from './cli-harness.js';
 const script = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'mindspore', 'unseen.py');
 const SEEDS = [1, 4, 5, 7, 10, 12];
 
-interface MadeCase { dir: string; seed: number; description: string; strategy: string; stages: number; devicesPerStage: number; oracle: { agreed: string[] } }
+interface MadeCase {
+  dir: string; seed: number; description: string; strategy: string; stages: number; devicesPerStage: number;
+  format: 'ckpt' | 'safetensors'; crc: boolean; encryption: { keyHex: string; mode: string } | null; oracle: { agreed: string[] };
+}
 
 describe('checkpoints no test has seen (random layouts, saved and merged by MindSpore at test time)', () => {
   let made: MadeCase[] = [];
@@ -27,12 +31,23 @@ describe('checkpoints no test has seen (random layouts, saved and merged by Mind
 
   it('MindSpore made every case and its own loaders merged each (the oracle)', () => {
     expect(made.map((c) => c.seed)).toEqual(SEEDS);
+    // The seeds cover the ways a rank file is stored.
+    expect(new Set(made.map((c) => c.format))).toEqual(new Set(['ckpt', 'safetensors']));
+    expect(made.some((c) => c.crc) && made.some((c) => c.encryption)).toBe(true);
     for (const c of made) expect(c.oracle.agreed.length, c.description).toBeGreaterThan(0);
   });
 
   describe.each(SEEDS.map((seed, i) => ({ seed, i })))('seed $seed', ({ seed, i }) => {
     const c = () => made[i];
-    const args = () => ['--checkpoint', join(c().dir, 'ckpt'), '--strategy', join(c().dir, c().strategy)];
+    // An encrypted case's key goes in a file (keys are never flag values), in hex as MindSpore users keep them.
+    const keyArgs = () => {
+      const e = c().encryption;
+      if (!e) return [];
+      const file = join(work, `key-${seed}.hex`);
+      writeFileSync(file, e.keyHex + '\n');
+      return ['--key-file', file, '--dec-mode', e.mode];
+    };
+    const args = () => ['--checkpoint', join(c().dir, 'ckpt'), '--strategy', join(c().dir, c().strategy), ...keyArgs()];
 
     it('merge equals MindSpore\'s merged tensors byte for byte', async () => {
       const out = join(work, `merged-${seed}.safetensors`);
@@ -50,7 +65,7 @@ describe('checkpoints no test has seen (random layouts, saved and merged by Mind
       const tag = `${seed}-${stages}x${tp}`;
       const predict = join(work, `predict-${tag}.json`);
       const target = ['--world', String(world), '--stages', String(stages), '--tp', String(tp)];
-      const l = await cli(['layout', '--strategy', join(c().dir, c().strategy), ...target, '--out', predict, '--checkpoint', join(c().dir, 'ckpt')]);
+      const l = await cli(['layout', '--strategy', join(c().dir, c().strategy), ...target, '--out', predict, '--checkpoint', join(c().dir, 'ckpt'), ...keyArgs()]);
       expect([l.code, l.stderr]).toEqual([0, '']);
       const out = join(work, `resharded-${tag}`);
       const ckptOut = join(work, `resharded-ckpt-${tag}`);
