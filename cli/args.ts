@@ -89,3 +89,18 @@ export function formatBytes(n: number): string {
   }
   return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
 }
+
+/** The rename map of --parameter-names: a JSON file {"checkpoint name": "initializer name"}. */
+export function parameterNamesFrom(path: string | undefined): Record<string, string> | undefined {
+  if (path === undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new ShardserveError('Usage', `${path}: --parameter-names must be a JSON file {"checkpoint name": "initializer name"} (${(e as Error).message.split('\n')[0]})`, { file: path });
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed) || Object.values(parsed).some((v) => typeof v !== 'string')) {
+    throw new ShardserveError('Usage', `${path}: --parameter-names must map checkpoint names to initializer names (strings)`, { file: path });
+  }
+  return parsed as Record<string, string>;
+}

@@ -15,6 +15,8 @@ export interface UpOptions {
   rankPort: number;
   modelName: string;
   cutTensors?: string[];
+  /** Checkpoint name -> initializer name, for names that differ. */
+  parameterNames?: Record<string, string>;
   host?: string;
   /** An encrypted .ckpt checkpoint: the key file every rank reads (its path, never the key). */
   decryption?: NonNullable<RankConfig['checkpoint']['decryption']>;
@@ -36,7 +38,7 @@ export async function upConfig(o: UpOptions): Promise<RankConfig> {
   if (world !== stages * tp) throw new ShardserveError('Usage', `--world ${world} must equal --stages ${stages} × --tp ${tp}`);
   return {
     modelName: o.modelName,
-    model: { uri: o.model, ...(o.cutTensors?.length ? { cutTensors: o.cutTensors } : {}) },
+    model: { uri: o.model, ...(o.cutTensors?.length ? { cutTensors: o.cutTensors } : {}), ...(o.parameterNames ? { parameterNames: o.parameterNames } : {}) },
     checkpoint: { uri: o.checkpoint, strategy: o.strategy, ...(o.decryption ? { decryption: o.decryption } : {}) },
     parallelism: { pipelineStages: stages, tensorParallel: tp },
     serving: { grpcPort: o.grpcPort, httpPort: o.httpPort, rankPort: o.rankPort },

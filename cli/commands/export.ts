@@ -1,21 +1,6 @@
-import { readFileSync } from 'node:fs';
 import { ShardserveError } from '../../core/errors.js';
-import { decryptionFlags, decryptionFrom, formatBytes, intFlag, parseFlags, required } from '../args.js';
+import { decryptionFlags, decryptionFrom, formatBytes, intFlag, parameterNamesFrom, parseFlags, required } from '../args.js';
 import type { Command } from '../main.js';
-
-function parameterNamesFrom(path: string | undefined): Record<string, string> | undefined {
-  if (path === undefined) return undefined;
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (e) {
-    throw new ShardserveError('Usage', `${path}: --parameter-names must be a JSON file {"checkpoint name": "initializer name"} (${(e as Error).message.split('\n')[0]})`, { file: path });
-  }
-  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed) || Object.values(parsed).some((v) => typeof v !== 'string')) {
-    throw new ShardserveError('Usage', `${path}: --parameter-names must map checkpoint names to initializer names (strings)`, { file: path });
-  }
-  return parsed as Record<string, string>;
-}
 
 export const exportCommand: Command = {
   name: 'export',

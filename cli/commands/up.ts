@@ -1,19 +1,20 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ShardserveError } from '../../core/errors.js';
-import { decryptionFrom } from '../args.js';
+import { decryptionFrom, parameterNamesFrom } from '../args.js';
 import type { Command } from '../main.js';
 
 const usage = `Usage: shardserve up --model <net.onnx> --checkpoint <dir|uri> --strategy <file|dir>
                      [--world N --stages P --tp T] [--port 8001 --http-port 8000]
                      [--rank-port 7000] [--name NAME] [--cut-tensors a,b] [--ready-timeout SECONDS]
-                     [--key-file <file> [--dec-mode AES-GCM|AES-CBC|SM4-CBC]]
+                     [--parameter-names map.json] [--key-file <file> [--dec-mode AES-GCM|AES-CBC|SM4-CBC]]
 
 Runs every rank of the layout as a local process (loopback ports), shows their loading progress,
 restarts a rank that dies, and serves the Open Inference Protocol from rank 0: gRPC on --port,
 REST on --http-port (/v2/..., /healthz, /readyz, /metrics). Rank k's stage-to-stage port is
 --rank-port + k. Ctrl-C or SIGTERM drains requests in flight and stops every rank.
 Stages default to the strategy's pipeline stage count; tensor parallel (--tp) must be 1 for now.
+--parameter-names: a JSON file {"checkpoint name": "initializer name"} for names that differ.
 An encrypted .ckpt checkpoint: --key-file names a file holding the key (16, 24 or 32 bytes, raw or
 in hex), which every rank reads itself; the key is never passed on a command line or in the config.
 `;
@@ -34,7 +35,7 @@ export function parseUpFlags(argv: string[]) {
         world: { type: 'string' }, stages: { type: 'string' }, tp: { type: 'string' },
         port: { type: 'string' }, 'http-port': { type: 'string' }, 'rank-port': { type: 'string' },
         name: { type: 'string' }, 'cut-tensors': { type: 'string' }, 'ready-timeout': { type: 'string' },
-        'key-file': { type: 'string' }, 'dec-mode': { type: 'string' },
+        'parameter-names': { type: 'string' }, 'key-file': { type: 'string' }, 'dec-mode': { type: 'string' },
       },
       strict: true,
     }));
@@ -55,6 +56,7 @@ export function parseUpFlags(argv: string[]) {
     modelName: values.name ?? 'model',
     cutTensors: values['cut-tensors']?.split(',').map((s) => s.trim()).filter(Boolean),
     readyTimeoutMs: (int(values['ready-timeout'], '--ready-timeout', 1) ?? 600) * 1000,
+    parameterNames: parameterNamesFrom(values['parameter-names']),
     decryption: key ? { keyFile: resolve(values['key-file']!), mode: key.mode ?? 'AES-GCM' } : undefined,
   };
 }

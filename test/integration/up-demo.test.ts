@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { parseOnnx, serializeOnnx } from '../../core/onnx/model.js';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
 import { RANK_NODE_FLAGS } from '../../runtime-image/node-flags.js';
 import * as ort from 'onnxruntime-node';
@@ -117,6 +118,44 @@ describe('shardserve up', () => {
     run.child.kill('SIGTERM');
     expect(await run.exited).toBe(0);
   }, 120_000);
+
+  it('serves a model whose initializer names differ from the checkpoint\'s, given --parameter-names', async () => {
+    const net = mlpNetwork();
+    const f = writeServeFixture(mkdtempSync(join(tmpdir(), 'up-names-')), net, 2);
+    // The ONNX graph calls two weights (one a stage) by other names than the checkpoint does.
+    const renames: Record<string, string> = { 'layers.0.weight': 'encoder.dense.kernel', 'layers.1.bias': 'decoder.dense.b' };
+    const model = parseOnnx(readFileSync(f.model));
+    for (const init of model.graph!.initializer!) init.name = renames[init.name!] ?? init.name;
+    for (const node of model.graph!.node!) node.input = node.input!.map((i) => renames[i] ?? i);
+    writeFileSync(f.model, serializeOnnx(model));
+    const map = join(f.dir, 'names.json');
+    writeFileSync(map, JSON.stringify(renames));
+    const [grpc, http] = await freePorts(2);
+    const rankPort = await freePortBlock(2);
+    const run = cli(['up', '--model', f.model, '--checkpoint', f.checkpoint, '--strategy', f.strategy, '--port', String(grpc), '--http-port', String(http), '--rank-port', String(rankPort),
+      '--name', 'renamed', '--parameter-names', map], 120_000);
+    const until = Date.now() + 90_000;
+    while (!/serving model 'renamed' on 2 stage\(s\)/.test(run.stderr())) {
+      if (Date.now() > until || run.child.exitCode !== null) throw new Error(run.stderr());
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const input = net.sampleInput(2).x;
+    const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) });
+    const client = oipClient(`127.0.0.1:${grpc}`);
+    const res = await call(client, 'ModelInfer', { model_name: 'renamed', inputs: [{ name: 'x', datatype: 'FP32', shape: input.dims }], raw_input_contents: [Buffer.from(input.data.buffer)] });
+    client.close();
+    expect(Buffer.compare(res.raw_output_contents[0], bytesOf(expected.y))).toBe(0);
+    run.child.kill('SIGTERM');
+    expect(await run.exited).toBe(0);
+  }, 120_000);
+
+  it('refuses a rename map that is not JSON, as a usage error', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'up-badnames-'));
+    writeFileSync(join(dir, 'names.json'), '{nope');
+    const run = cli(['up', '--model', 'm.onnx', '--checkpoint', 'c', '--strategy', 's', '--parameter-names', join(dir, 'names.json')], 30_000);
+    expect(await run.exited).toBe(2);
+    expect(run.stderr()).toMatch(new RegExp(`^shardserve up: ${join(dir, 'names.json')}: --parameter-names must be a JSON file \\{"checkpoint name": "initializer name"\\} \\(`));
+  }, 30_000);
 
   it('refuses a key file of the wrong size before starting any rank', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'up-badkey-'));
