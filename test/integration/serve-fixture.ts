@@ -16,6 +16,8 @@ import type { StageWeight } from '../../core/onnx/bind.js';
 import type { ParamLayout, Strategy } from '../../core/strategy/types.js';
 import { strategyToJson } from '../../core/strategy/writer.js';
 import { sessionOptions } from '../../runtime-image/pipeline/stage-session.js';
+import { call, oipClient } from './serve-client.js';
+import { bytesOf } from './serve-models.js';
 
 /** safetensors: u64 LE header length, JSON header, then the tensors' bytes. */
 function safetensors(tensors: Array<[string, StageWeight]>): Buffer {
@@ -107,6 +109,22 @@ export function fixtureConfig(f: ServeFixture, ports: { grpc: number; http: numb
     parallelism: { pipelineStages: f.stages, tensorParallel: 1 },
     serving: { grpcPort: ports.grpc, httpPort: ports.http, rankPort: ports.rank },
   };
+}
+
+/**
+ * One ModelInfer (a batch of `batch` sample inputs, raw contents) to the OIP gRPC front door at
+ * `address`; true when the output's bytes equal single-device onnxruntime's.
+ */
+export async function servesExactly(address: string, modelName: string, net: SampleNetwork, batch = 2): Promise<boolean> {
+  const input = net.sampleInput(batch).x;
+  const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) });
+  const client = oipClient(address);
+  try {
+    const res = await call(client, 'ModelInfer', { model_name: modelName, inputs: [{ name: 'x', datatype: 'FP32', shape: input.dims }], raw_input_contents: [Buffer.from(input.data.buffer)] });
+    return Buffer.compare(res.raw_output_contents[0], bytesOf(expected.y)) === 0;
+  } finally {
+    client.close();
+  }
 }
 
 /** onnxruntime on the whole network with every weight bound (the merged single-device model). */

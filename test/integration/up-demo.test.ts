@@ -6,10 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseOnnx, serializeOnnx } from '../../core/onnx/model.js';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
 import { RANK_NODE_FLAGS } from '../../runtime-image/node-flags.js';
-import * as ort from 'onnxruntime-node';
-import { call, oipClient } from './serve-client.js';
-import { encryptServeFixture, singleDeviceOutputs, writeServeFixture } from './serve-fixture.js';
-import { bytesOf } from './serve-models.js';
+import { encryptServeFixture, servesExactly, writeServeFixture } from './serve-fixture.js';
 import { freePortBlock, freePorts } from '../harness/ports.js';
 
 // `npm start` (shardserve demo) and `shardserve up` as a user runs them.
@@ -89,6 +86,19 @@ describe('shardserve up', () => {
     await expect(fetch(`http://127.0.0.1:${http}/readyz`)).rejects.toThrow();
   }, 120_000);
 
+  /** `up` of fixture `f` on free ports with `extra` flags, once it says it serves `name`. */
+  async function upServing(f: { model: string; checkpoint: string; strategy: string }, name: string, extra: string[]) {
+    const [grpc, http] = await freePorts(2);
+    const rankPort = await freePortBlock(2);
+    const run = cli(['up', '--model', f.model, '--checkpoint', f.checkpoint, '--strategy', f.strategy, '--port', String(grpc), '--http-port', String(http), '--rank-port', String(rankPort), '--name', name, ...extra], 120_000);
+    const until = Date.now() + 90_000;
+    while (!new RegExp(`serving model '${name}' on`).test(run.stderr())) {
+      if (Date.now() > until || run.child.exitCode !== null) throw new Error(run.stderr());
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return { run, grpc: `127.0.0.1:${grpc}` };
+  }
+
   it('serves an encrypted .ckpt checkpoint with --key-file (a hex key) and --dec-mode: exact outputs', async () => {
     const net = mlpNetwork();
     const f = writeServeFixture(mkdtempSync(join(tmpdir(), 'up-enc-')), net, 2);
@@ -96,21 +106,8 @@ describe('shardserve up', () => {
     await encryptServeFixture(f, net, key, 'SM4-CBC');
     const keyFile = join(f.dir, 'ckpt.key');
     writeFileSync(keyFile, key.toString('hex') + '\n');
-    const [grpc, http] = await freePorts(2);
-    const rankPort = await freePortBlock(2);
-    const run = cli(['up', '--model', f.model, '--checkpoint', f.checkpoint, '--strategy', f.strategy, '--port', String(grpc), '--http-port', String(http), '--rank-port', String(rankPort),
-      '--name', 'enc', '--key-file', keyFile, '--dec-mode', 'SM4-CBC'], 120_000);
-    const until = Date.now() + 90_000;
-    while (!/serving model 'enc' on 2 stage\(s\)/.test(run.stderr())) {
-      if (Date.now() > until || run.child.exitCode !== null) throw new Error(run.stderr());
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const input = net.sampleInput(3).x;
-    const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) });
-    const client = oipClient(`127.0.0.1:${grpc}`);
-    const res = await call(client, 'ModelInfer', { model_name: 'enc', inputs: [{ name: 'x', datatype: 'FP32', shape: input.dims }], raw_input_contents: [Buffer.from(input.data.buffer)] });
-    client.close();
-    expect(Buffer.compare(res.raw_output_contents[0], bytesOf(expected.y))).toBe(0);
+    const { run, grpc } = await upServing(f, 'enc', ['--key-file', keyFile, '--dec-mode', 'SM4-CBC']);
+    expect(await servesExactly(grpc, 'enc', net, 3)).toBe(true);
     // The key itself is on no command line: each rank was given the file's path in its configuration.
     for (const pid of execFileSync('pgrep', ['-P', String(run.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number)) {
       expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8')).not.toContain(key.toString('hex'));
@@ -130,39 +127,21 @@ describe('shardserve up', () => {
     writeFileSync(f.model, serializeOnnx(model));
     const map = join(f.dir, 'names.json');
     writeFileSync(map, JSON.stringify(renames));
-    const [grpc, http] = await freePorts(2);
-    const rankPort = await freePortBlock(2);
-    const run = cli(['up', '--model', f.model, '--checkpoint', f.checkpoint, '--strategy', f.strategy, '--port', String(grpc), '--http-port', String(http), '--rank-port', String(rankPort),
-      '--name', 'renamed', '--parameter-names', map], 120_000);
-    const until = Date.now() + 90_000;
-    while (!/serving model 'renamed' on 2 stage\(s\)/.test(run.stderr())) {
-      if (Date.now() > until || run.child.exitCode !== null) throw new Error(run.stderr());
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const input = net.sampleInput(2).x;
-    const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) });
-    const client = oipClient(`127.0.0.1:${grpc}`);
-    const res = await call(client, 'ModelInfer', { model_name: 'renamed', inputs: [{ name: 'x', datatype: 'FP32', shape: input.dims }], raw_input_contents: [Buffer.from(input.data.buffer)] });
-    client.close();
-    expect(Buffer.compare(res.raw_output_contents[0], bytesOf(expected.y))).toBe(0);
+    const { run, grpc } = await upServing(f, 'renamed', ['--parameter-names', map]);
+    expect(await servesExactly(grpc, 'renamed', net)).toBe(true);
     run.child.kill('SIGTERM');
     expect(await run.exited).toBe(0);
   }, 120_000);
 
-  it('refuses a rename map that is not JSON, as a usage error', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'up-badnames-'));
-    writeFileSync(join(dir, 'names.json'), '{nope');
-    const run = cli(['up', '--model', 'm.onnx', '--checkpoint', 'c', '--strategy', 's', '--parameter-names', join(dir, 'names.json')], 30_000);
-    expect(await run.exited).toBe(2);
-    expect(run.stderr()).toMatch(new RegExp(`^shardserve up: ${join(dir, 'names.json')}: --parameter-names must be a JSON file \\{"checkpoint name": "initializer name"\\} \\(`));
-  }, 30_000);
-
-  it('refuses a key file of the wrong size before starting any rank', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'up-badkey-'));
-    writeFileSync(join(dir, 'short.key'), 'abc');
-    const run = cli(['up', '--model', 'm.onnx', '--checkpoint', 'c', '--strategy', 's', '--key-file', join(dir, 'short.key')], 30_000);
-    expect(await run.exited).toBe(1);
-    expect(run.stderr()).toBe(`shardserve up: ${join(dir, 'short.key')}: key must be 16, 24 or 32 raw bytes or as many bytes in hex, got 3 bytes\n`);
+  it.each([
+    ['a rename map that is not JSON, as a usage error', '--parameter-names', '{nope', 2, (f: string) => `${f}: --parameter-names must be a JSON file {"checkpoint name": "initializer name"} (`],
+    ['a key file of the wrong size', '--key-file', 'abc', 1, (f: string) => `${f}: key must be 16, 24 or 32 raw bytes or as many bytes in hex, got 3 bytes\n`],
+  ])('refuses %s before starting any rank', async (_what, flag, content, code, message) => {
+    const file = join(mkdtempSync(join(tmpdir(), 'up-badfile-')), 'given');
+    writeFileSync(file, content);
+    const run = cli(['up', '--model', 'm.onnx', '--checkpoint', 'c', '--strategy', 's', flag, file], 30_000);
+    expect(await run.exited).toBe(code);
+    expect(run.stderr().startsWith(`shardserve up: ${message(file)}`)).toBe(true);
   }, 30_000);
 
   it('takes its ranks down with it when it is killed outright (no orphaned ranks)', async () => {

@@ -2,13 +2,10 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mlpNetwork } from '../../core/onnx/sample-networks.js';
-import { call, oipClient } from './serve-client.js';
-import { fixtureConfig, singleDeviceOutputs, writeSafetensors, writeServeFixture } from './serve-fixture.js';
+import { fixtureConfig, servesExactly, writeSafetensors, writeServeFixture } from './serve-fixture.js';
 import { freePortBlock, freePorts } from '../harness/ports.js';
-import { bytesOf } from './serve-models.js';
 import { RANK_NODE_FLAGS } from '../../runtime-image/node-flags.js';
 import { buildImageTree, IMAGE_PATHS } from '../harness/image-tree.js';
 
@@ -123,12 +120,7 @@ async function servesAndDrains(launcher: string, app: string, noWrites: boolean)
   // The launcher exec'd node: the process that serves is the one the container runtime signals.
   const argv = readFileSync(`/proc/${proc.child.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
   expect(argv.slice(1)).toEqual([...RANK_NODE_FLAGS, join(app, 'bin', 'shardserve.mjs'), 'rank']);
-  const input = net.sampleInput(2).x;
-  const expected = await singleDeviceOutputs(net, { x: new ort.Tensor('float32', input.data, input.dims) });
-  const client = oipClient(`127.0.0.1:${grpc}`);
-  const res = await call(client, 'ModelInfer', { model_name: 'net', inputs: [{ name: 'x', datatype: 'FP32', shape: input.dims }], raw_input_contents: [Buffer.from(input.data.buffer)] });
-  client.close();
-  expect(Buffer.compare(res.raw_output_contents[0], bytesOf(expected.y))).toBe(0);
+  expect(await servesExactly(`127.0.0.1:${grpc}`, 'net', net)).toBe(true);
   proc.child.kill('SIGTERM');
   expect(await proc.exited).toBe(0);
   expect(proc.output()).toMatch(/rank 0: draining \(received SIGTERM\)/);
