@@ -7,7 +7,7 @@ import { mlpNetwork } from '../../core/onnx/sample-networks.js';
 import { fixtureConfig, servesExactly, writeSafetensors, writeServeFixture } from './serve-fixture.js';
 import { freePortBlock, freePorts } from '../harness/ports.js';
 import { RANK_NODE_FLAGS } from '../../runtime-image/node-flags.js';
-import { buildImageTree, IMAGE_PATHS } from '../harness/image-tree.js';
+import { buildImageTree, IMAGE_PATHS, INSTALL_PATHS } from '../harness/image-tree.js';
 
 // The container entrypoint (`shardserve rank` with the pod environment) and the image definition.
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -61,9 +61,10 @@ describe('runtime-image/Dockerfile', () => {
     expect(text).toMatch(/npm ci --omit=dev/);
   });
   it('compiles the product in a build stage and runs the compiled tree (what test/harness/image-tree.ts makes)', () => {
-    const build = text.slice(text.indexOf('\nFROM deps AS build'), text.lastIndexOf('\nFROM '));
+    const build = text.slice(text.indexOf('AS build\n'), text.lastIndexOf('\nFROM '));
     const copied = [...build.matchAll(/^COPY (\S+(?: \S+)*) \.\/(\S*)$/gm)].flatMap((m) => m[1].split(' '));
-    expect(copied).toEqual(IMAGE_PATHS);
+    expect(copied).toEqual([...INSTALL_PATHS, ...IMAGE_PATHS]);
+    expect(build).toMatch(/^RUN npm ci\nCOPY tsconfig\.json/m);
     expect(build).toMatch(/^RUN npx tsc -p tsconfig\.build\.json$/m);
     // The final stage takes every product path from the build stage (compiled JavaScript next to each source).
     const fromBuild = [...final.matchAll(/^COPY --from=build \/app\/(\S+) \.\/(\S+)$/gm)].map((m) => [m[1], m[2]]);
@@ -143,7 +144,9 @@ describe('the image\'s compiled tree (runtime-image/Dockerfile\'s build stage, m
       expect(ts.length).toBeGreaterThan(0);
       expect(ts.filter((f) => !existsSync(join(tree, top, f.replace(/\.ts$/, '.js')))), top).toEqual([]);
     }
-    expect(existsSync(join(tree, 'node_modules', 'tsx'))).toBe(false);
+    // Production's packages only, and neither tsx nor esbuild.
+    for (const absent of ['tsx', 'esbuild', 'vitest', 'typescript']) expect(existsSync(join(tree, 'node_modules', absent)), absent).toBe(false);
+    expect(existsSync(join(tree, 'node_modules', 'onnxruntime-node'))).toBe(true);
     const out = execFileSync(process.execPath, [join(tree, 'bin', 'shardserve.mjs'), '--version'], { encoding: 'utf8' });
     expect(out.trim()).toBe(`shardserve ${JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version}`);
   });
