@@ -5,7 +5,7 @@
 // encrypted, and this suite runs our CLI on the result as a
 // user would: merge, layout + reshard (safetensors and .ckpt) and plan, checked against MindSpore.
 // Other seeds: `python test/fixtures/mindspore/unseen.py make --out DIR --seeds ...`.
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -40,12 +40,12 @@ describe('checkpoints no test has seen (random layouts, saved and merged by Mind
   describe.each(SEEDS.map((seed, i) => ({ seed, i })))('seed $seed', ({ seed, i }) => {
     const c = () => made[i];
     // An encrypted case's key goes in a file (keys are never flag values), in hex as MindSpore users keep them.
+    const keyFile = join(work, `key-${seed}.hex`);
     const keyArgs = () => {
       const e = c().encryption;
       if (!e) return [];
-      const file = join(work, `key-${seed}.hex`);
-      writeFileSync(file, e.keyHex + '\n');
-      return ['--key-file', file, '--dec-mode', e.mode];
+      if (!existsSync(keyFile)) writeFileSync(keyFile, e.keyHex + '\n');
+      return ['--key-file', keyFile, '--dec-mode', e.mode];
     };
     const args = () => ['--checkpoint', join(c().dir, 'ckpt'), '--strategy', join(c().dir, c().strategy), ...keyArgs()];
 
