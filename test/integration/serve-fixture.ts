@@ -46,6 +46,12 @@ export interface ServeFixture {
   stages: number;
 }
 
+/** The weights stage `s` of `stages` holds: what rank s's checkpoint file holds. */
+function stageWeights(net: SampleNetwork, stages: number, s: number): Array<[string, StageWeight]> {
+  const stageOf = net.stageOf(stages);
+  return [...net.weights].filter(([name]) => (stageOf(name) ?? 0) === s);
+}
+
 export function writeServeFixture(dir: string, net: SampleNetwork, stages: number): ServeFixture {
   const stageOf = net.stageOf(stages);
   const layout = (shape: number[]): ParamLayout => ({
@@ -61,8 +67,7 @@ export function writeServeFixture(dir: string, net: SampleNetwork, stages: numbe
   writeFileSync(join(dir, 'strategy.json'), strategyToJson(strategy));
   for (let s = 0; s < stages; s++) {
     mkdirSync(join(dir, 'ckpt', `rank_${s}`), { recursive: true });
-    const own = [...net.weights].filter(([name]) => (stageOf(name) ?? 0) === s);
-    writeFileSync(join(dir, 'ckpt', `rank_${s}`, 'model.safetensors'), safetensors(own));
+    writeFileSync(join(dir, 'ckpt', `rank_${s}`, 'model.safetensors'), safetensors(stageWeights(net, stages, s)));
   }
   return { dir, model: join(dir, 'net.onnx'), checkpoint: join(dir, 'ckpt'), strategy: join(dir, 'strategy.json'), stages };
 }
@@ -72,9 +77,8 @@ export function writeServeFixture(dir: string, net: SampleNetwork, stages: numbe
  * save_checkpoint(enc_key=key, enc_mode=mode) writes it (rank_<s>/model.ckpt).
  */
 export async function encryptServeFixture(f: ServeFixture, net: SampleNetwork, key: Uint8Array, mode: DecryptionMode): Promise<void> {
-  const stageOf = net.stageOf(f.stages);
   for (let s = 0; s < f.stages; s++) {
-    const own = [...net.weights].filter(([name]) => (stageOf(name) ?? 0) === s);
+    const own = stageWeights(net, f.stages, s);
     const dir = join(f.checkpoint, `rank_${s}`);
     const plain = join(dir, 'plain.ckpt');
     const w = await createTensorFileWriter(plain, 'mindspore-ckpt', own.map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })));
@@ -92,8 +96,7 @@ export async function encryptServeFixture(f: ServeFixture, net: SampleNetwork, k
  * strategy. Returns the weights' bytes per stage.
  */
 export function addTrainingStates(f: ServeFixture, net: SampleNetwork): number[] {
-  const stageOf = net.stageOf(f.stages);
-  const own = (s: number) => [...net.weights].filter(([name]) => (stageOf(name) ?? 0) === s);
+  const own = (s: number) => stageWeights(net, f.stages, s);
   for (let s = 0; s < f.stages; s++) {
     const moments = own(s).flatMap(([name, w]) => ['moment1', 'moment2'].map((m): [string, StageWeight] => [`${m}.${name}`, { ...w, data: w.data.map((b) => b ^ 0x5a) }]));
     writeSafetensors(join(f.checkpoint, `rank_${s}`, 'model.safetensors'), [...own(s), ...moments, ['global_step', { dtype: 'I32', shape: [1], data: new Uint8Array(4) }]]);
